@@ -1,0 +1,1 @@
+"""Benchmarks behind ``imgsim bench``; each module returns a JSON-able dict."""

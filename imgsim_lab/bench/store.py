@@ -1,0 +1,117 @@
+"""``imgsim bench store``: bulk versus one-command-per-round-trip writes and reads.
+
+Bulk: :meth:`Store.add_images` (one Lua call or WriteBatch per 256 records) and
+:meth:`Store.iter_embeddings` (MGET / multi-get of 1,000). Naive, the way the original
+demo did it: one SET per vector, then SCAN plus one GET per key. Both in one run, in a
+throw-away namespace that is flushed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from imgsim_lab.cli._common import add_store_args
+from imgsim_lab.store import NewImage, Store, open_store
+
+NAME = "store"
+HELP = "bulk vs naive write/read throughput of the store (vectors per second)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_args(parser)
+    parser.add_argument("--n", type=int, default=60000, help="vectors (default 60000)")
+    parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
+    parser.add_argument("--naive-n", type=int, default=None,
+                        help="vectors for the naive way (default: same as --n)")
+
+
+def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
+    if store.backend == "redis":
+        r = store._r  # noqa: SLF001 - the naive way talks to the raw client on purpose
+        for i, v in enumerate(vecs):
+            r.set(f"{ns}:naive:{i}", v.tobytes())
+    else:
+        db = store._db  # noqa: SLF001
+        for i, v in enumerate(vecs):
+            db.put(f"{ns}:naive:{i:012d}".encode(), v.tobytes())
+
+
+def _naive_read(store: Store, ns: str, dim: int) -> int:
+    n = 0
+    if store.backend == "redis":
+        r = store._r  # noqa: SLF001
+        for key in r.scan_iter(match=f"{ns}:naive:*", count=100):
+            np.frombuffer(r.get(key), np.float32, dim)
+            n += 1
+    else:
+        db = store._db  # noqa: SLF001
+        prefix = f"{ns}:naive:".encode()
+        keys = []
+        it = db.iter()
+        it.seek(prefix)
+        while it.valid() and it.key().startswith(prefix):
+            keys.append(it.key())
+            it.next()
+        for key in keys:
+            np.frombuffer(db.get(key), np.float32, dim)
+            n += 1
+    return n
+
+
+def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = None,
+                    namespace: str | None = None) -> dict:
+    """Measure bulk and naive throughput in one run; returns the JSON-able result."""
+    ns = namespace or f"bench{os.getpid()}"
+    naive_n = n if naive_n is None else naive_n
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((n, dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    items = [NewImage(hashlib.sha256(f"bench:{i}".encode()).hexdigest(), f"bench/{i}", 32, 32,
+                      embeddings={"bench": vecs[i]}) for i in range(n)]
+    mb = n * dim * 4 / 1e6
+    with open_store(url, ns) as store:
+        store.flush()
+        store.register_model("bench", dim, "random")
+        t0 = time.perf_counter()
+        step = 4096
+        for s in tqdm(range(0, n, step), desc="bulk write", unit_scale=step, leave=False):
+            store.add_images(items[s : s + step])
+        bulk_write_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        got = sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
+        bulk_read_s = time.perf_counter() - t0
+        assert got == n, f"read back {got} of {n} vectors"
+
+        t0 = time.perf_counter()
+        _naive_write(store, vecs[:naive_n], ns)
+        naive_write_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = _naive_read(store, ns, dim)
+        naive_read_s = time.perf_counter() - t0
+        assert got == naive_n, f"naive read {got} of {naive_n}"
+        backend, shown_url = store.backend, store.url
+        store.flush()
+    result = {
+        "backend": backend, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n,
+        "bulk_write_per_s": n / bulk_write_s, "bulk_read_per_s": n / bulk_read_s,
+        "naive_write_per_s": naive_n / naive_write_s, "naive_read_per_s": naive_n / naive_read_s,
+        "bulk_write_mb_per_s": mb / bulk_write_s, "bulk_read_mb_per_s": mb / bulk_read_s,
+        "bulk_read_s": bulk_read_s, "bulk_write_s": bulk_write_s,
+    }
+    result["write_bulk_over_naive"] = result["bulk_write_per_s"] / result["naive_write_per_s"]
+    result["read_bulk_over_naive"] = result["bulk_read_per_s"] / result["naive_read_per_s"]
+    log.info("store bench: %s", {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    return run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)

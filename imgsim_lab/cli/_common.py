@@ -1,0 +1,26 @@
+"""Options shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kv", metavar="URL", default=None,
+                        help="store URL: rocksdb:PATH, redis://host:6666/0 or rediss://... "
+                             "(default: $IMGSIM_KV_URL, else rocksdb:data/kv)")
+    parser.add_argument("--namespace", default=None,
+                        help="key namespace (default: $IMGSIM_NAMESPACE, else imgsim)")
+
+
+def write_json(obj: Any, path: str | None) -> str:
+    """Serialize ``obj``; write it to ``path`` when given. Returns the JSON text."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    if path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text + "\n", encoding="utf-8")
+    return text

@@ -1,0 +1,42 @@
+"""``imgsim info``: what the store holds."""
+
+from __future__ import annotations
+
+import argparse
+
+from imgsim_lab.cli._common import add_store_args, write_json
+from imgsim_lab.store import open_store
+
+NAME = "info"
+HELP = "print what the store holds (images, models with dim and count)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_args(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_store(args.kv, args.namespace, read_only=_read_only(args.kv)) as store:
+        info = store.info()
+    if args.json:
+        print(write_json(info, None))
+        return 0
+    print(f"store      {info['url']} ({info['backend']}), namespace {info['namespace']}")
+    print(f"images     {info['images']} (last id {info['last_id']})")
+    if not info["models"]:
+        print("models     none yet")
+    for name, m in sorted(info["models"].items()):
+        print(f"model      {name}: {m['count']} embeddings, dim {m['dim']}, version {m['version']}")
+    return 0
+
+
+def _read_only(url: str | None) -> bool:
+    """Embedded stores are read as a secondary, so ``info`` works while another process writes."""
+    from pathlib import Path
+
+    from imgsim_lab import config
+    from imgsim_lab.store import parse_url
+
+    scheme, target = parse_url(config.kv_url(url))
+    return scheme == "rocksdb" and (Path(target) / "CURRENT").exists()

@@ -1,0 +1,39 @@
+"""Logging set-up for command-line runs: the console plus one log file per run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from imgsim_lab import config
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(run_name: str = "imgsim", verbose: bool = False,
+                  log_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Log to the console and to ``<data>/logs/<run_name>-<time>-<pid>.log``; return the file."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in list(root.handlers):
+        if getattr(h, "_imgsim", False):
+            root.removeHandler(h)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter(FORMAT))
+    console._imgsim = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    directory = Path(log_dir) if log_dir else config.data_dir() / "logs"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = directory / f"{run_name}-{stamp}-{os.getpid()}.log"
+        fh = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        logging.getLogger(__name__).warning("cannot write a log file under %s", directory)
+        return None
+    fh.setFormatter(logging.Formatter(FORMAT))
+    fh._imgsim = True  # type: ignore[attr-defined]
+    root.addHandler(fh)
+    return path

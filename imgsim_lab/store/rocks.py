@@ -1,0 +1,335 @@
+"""Embedded RocksDB backend (``rocksdb:PATH``) through rocksdict, in raw bytes mode.
+
+RocksDB admits one writing process. The writer records who it is in
+``PATH/imgsim-writer.json``; a second writer waits ``lock_timeout`` seconds, then fails
+naming the holder. Readers in other processes open a *secondary* instance that catches
+up with the writer on :meth:`RocksStore.refresh` (called by every counting or iterating
+read), so searching works while another process ingests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from rocksdict import AccessType, DBCompressionType, Options, Rdict, WriteBatch
+
+from imgsim_lab.store.base import EncodedImage, Store
+from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
+from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, now
+
+log = logging.getLogger(__name__)
+
+OWNER_FILE = "imgsim-writer.json"
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+def _options(create: bool) -> Options:
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(create)
+    opt.set_compression_type(DBCompressionType.none())  # float32 vectors do not compress
+    opt.set_write_buffer_size(64 << 20)
+    opt.increase_parallelism(os.cpu_count() or 2)
+    opt.set_max_open_files(-1)  # required by secondary instances
+    return opt
+
+
+def _owner(path: Path) -> str:
+    try:
+        o = json.loads((path / OWNER_FILE).read_text())
+        return (f"pid {o.get('pid')} on {o.get('host')} ({o.get('cmd', '?')[:200]}), "
+                f"writing since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(o.get('since', 0)))}")
+    except (OSError, ValueError, AttributeError):
+        return "another process (unknown: no owner file)"
+
+
+class RocksStore(Store):
+    """Embedded store; see the module docstring for the locking rules."""
+
+    backend = "rocksdb"
+
+    def __init__(self, path: str | os.PathLike[str], namespace: str, read_only: bool = False,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self.path = Path(path)
+        super().__init__(f"rocksdb:{self.path}", namespace, read_only)
+        self._lock = threading.RLock()
+        self._secondary_dir: str | None = None
+        if read_only:
+            if not (self.path / "CURRENT").exists():
+                raise StoreError(f"no RocksDB store at {self.path} yet: ingest something first")
+            self._secondary_dir = tempfile.mkdtemp(prefix="imgsim-rocks-secondary-")
+            self._db = Rdict(str(self.path), _options(False),
+                             access_type=AccessType.secondary(self._secondary_dir))
+        else:
+            self._db = self._open_writer(lock_timeout)
+
+    def _open_writer(self, timeout: float) -> Rdict:
+        self.path.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                db = Rdict(str(self.path), _options(True))
+                break
+            except Exception as exc:  # rocksdict raises a bare Exception on lock errors
+                if "lock" not in str(exc).lower():
+                    raise StoreError(f"cannot open RocksDB store {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise StoreLockedError(
+                        f"RocksDB store {self.path} is held for writing by {_owner(self.path)}. "
+                        "RocksDB admits one writing process at a time: wait for it to finish, "
+                        "open the store read-only to search meanwhile, or run a Kvrocks server "
+                        "(redis://host:6666) for shared writing.") from None
+                if not waited:
+                    log.info("waiting up to %.0fs for the writer of %s: %s",
+                             timeout, self.path, _owner(self.path))
+                    waited = True
+                time.sleep(0.1)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "cmd": " ".join(sys.argv) or sys.executable, "since": time.time()}
+        (self.path / OWNER_FILE).write_text(json.dumps(owner))
+        return db
+
+    def close(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is None:
+            return
+        self._db = None
+        if not self.read_only:
+            try:
+                db.flush_wal(True)
+            except Exception:  # noqa: BLE001 - best effort on close
+                pass
+        db.close()
+        if not self.read_only:
+            try:
+                (self.path / OWNER_FILE).unlink()
+            except OSError:
+                pass
+        if self._secondary_dir:
+            shutil.rmtree(self._secondary_dir, ignore_errors=True)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def refresh(self) -> None:
+        if self.read_only and self._db is not None:
+            self._db.try_catch_up_with_primary()
+
+    # ---------------------------------------------------------------- helpers
+    def _get(self, key: str) -> bytes | None:
+        return self._db.get(key.encode())
+
+    def _int(self, key: str) -> int:
+        v = self._get(key)
+        try:
+            return int(v) if v is not None else 0
+        except ValueError as exc:
+            raise CorruptDataError(f"{key} holds {v[:20]!r}, not an integer") from exc
+
+    def _scan(self, prefix: str, start: str | None = None) -> Iterator[tuple[bytes, bytes]]:
+        p = prefix.encode()
+        it = self._db.iter()
+        it.seek((start or prefix).encode())
+        while it.valid():
+            k = it.key()
+            if not k.startswith(p):
+                break
+            yield k, it.value()
+            it.next()
+
+    # ----------------------------------------------------------------- models
+    def _register_model(self, name: str, dim: int, version: str) -> ModelInfo:
+        with self._lock:
+            cur = self.model_info().get(name)
+            if cur is not None:
+                return cur
+            info = {"dim": dim, "version": version, "count": 0}
+            self._db.put(self.keys.model(name).encode(), json.dumps(info).encode())
+            return ModelInfo(name, dim, version, 0)
+
+    def model_info(self) -> dict[str, ModelInfo]:
+        self.refresh()
+        out = {}
+        plen = len(self.keys.model_prefix)
+        for k, v in self._scan(self.keys.model_prefix):
+            name = k.decode()[plen:]
+            try:
+                o = json.loads(v)
+                out[name] = ModelInfo(name, int(o["dim"]), str(o["version"]), int(o["count"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptDataError(f"model facts of {name!r} are malformed: {exc}") from exc
+        return out
+
+    # ----------------------------------------------------------------- writes
+    def _add_encoded(self, batch: Sequence[EncodedImage]) -> list[AddResult]:
+        k = self.keys
+        with self._lock:
+            claimed = self._db.get([k.sha(it.sha256).encode() for it in batch])
+            seq = self._int(k.seq)
+            count = self._int(k.count)
+            models = self.model_info()
+            wb = WriteBatch(raw_mode=True)
+            new_ids: dict[str, int] = {}
+            written: set[bytes] = set()
+            model_delta: Counter[str] = Counter()
+            results = []
+            t = now()
+            for item, got in zip(batch, claimed, strict=True):
+                created = False
+                if got is not None:
+                    image_id = int(got)
+                elif item.sha256 in new_ids:
+                    image_id = new_ids[item.sha256]
+                else:
+                    seq += 1
+                    count += 1
+                    image_id = new_ids[item.sha256] = seq
+                    created = True
+                    rec = Record(image_id, item.sha256, item.source, item.width, item.height,
+                                 item.label, t)
+                    wb.put(k.img(image_id).encode(), rec.to_json())
+                    wb.put(k.sha(item.sha256).encode(), str(image_id).encode())
+                ekeys = [k.emb(m, image_id).encode() for m, _ in item.vectors]
+                present = [False] * len(ekeys) if created else [
+                    e in written or v is not None for e, v in zip(ekeys, self._db.get(ekeys), strict=True)]
+                embedded = []
+                for (model, data), ekey, there in zip(item.vectors, ekeys, present, strict=True):
+                    if there or ekey in written:
+                        continue
+                    wb.put(ekey, data)
+                    written.add(ekey)
+                    model_delta[model] += 1
+                    embedded.append(model)
+                results.append(AddResult(image_id, created, tuple(embedded)))
+            wb.put(k.seq.encode(), str(seq).encode())
+            wb.put(k.count.encode(), str(count).encode())
+            for model, delta in model_delta.items():
+                m = models[model]
+                wb.put(k.model(model).encode(), json.dumps(
+                    {"dim": m.dim, "version": m.version, "count": m.count + delta}).encode())
+            self._db.write(wb)
+        return results
+
+    def _delete(self, ids: Sequence[int]) -> int:
+        k = self.keys
+        with self._lock:
+            models = self.model_info()
+            recs = self.get_records(ids)
+            wb = WriteBatch(raw_mode=True)
+            delta: Counter[str] = Counter()
+            removed = 0
+            for image_id, rec in zip(ids, recs, strict=True):
+                if rec is None:
+                    continue
+                removed += 1
+                wb.delete(k.img(image_id).encode())
+                if self._get(k.sha(rec.sha256)) == str(image_id).encode():
+                    wb.delete(k.sha(rec.sha256).encode())
+                for m in models:
+                    ekey = k.emb(m, image_id).encode()
+                    if self._db.get(ekey) is not None:
+                        wb.delete(ekey)
+                        delta[m] += 1
+            if removed:
+                wb.put(k.count.encode(), str(self._int(k.count) - removed).encode())
+                for m, d in delta.items():
+                    info = models[m]
+                    wb.put(k.model(m).encode(), json.dumps(
+                        {"dim": info.dim, "version": info.version, "count": info.count - d}).encode())
+                self._db.write(wb)
+        return removed
+
+    def flush(self) -> int:
+        self._check_writable()
+        removed = 0
+        with self._lock:
+            wb = WriteBatch(raw_mode=True)
+            for key, _ in self._scan(self.keys.prefix):
+                wb.delete(key)
+                removed += 1
+                if removed % 10000 == 0:
+                    self._db.write(wb)
+                    wb = WriteBatch(raw_mode=True)
+            self._db.write(wb)
+            self._dims.clear()
+        return removed
+
+    # ------------------------------------------------------------------ reads
+    def count(self) -> int:
+        self.refresh()
+        return self._int(self.keys.count)
+
+    def last_id(self) -> int:
+        self.refresh()
+        return self._int(self.keys.seq)
+
+    def get_records(self, ids: Sequence[int]) -> list[Record | None]:
+        ids = [int(i) for i in ids]
+        vals = self._db.get([self.keys.img(i).encode() for i in ids]) if ids else []
+        return [None if v is None else Record.from_json(v) for v in vals]
+
+    def ids_for_hashes(self, shas: Sequence[str]) -> list[int | None]:
+        self.refresh()
+        vals = self._db.get([self.keys.sha(s).encode() for s in shas]) if shas else []
+        return [None if v is None else int(v) for v in vals]
+
+    def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vals = self._db.get([self.keys.emb(model, int(i)).encode() for i in ids])
+        keep = np.fromiter((v is not None for v in vals), bool, len(vals))
+        out = np.empty((int(keep.sum()), dim), np.float32)
+        row = 0
+        for image_id, v in zip(ids, vals, strict=True):
+            if v is not None:
+                decode_into(out, row, v, dim, model, int(image_id))
+                row += 1
+        return ids[keep], out
+
+    def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
+        keys = [self.keys.emb(model, int(i)).encode() for i in ids]
+        return np.array([v is not None for v in self._db.get(keys)], bool) if keys else np.zeros(0, bool)
+
+    def iter_embeddings(self, model: str, after_id: int = 0,
+                        chunk_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        dim = self.model_dim(model)
+        self.refresh()
+        prefix = self.keys.emb_prefix(model)
+        start = self.keys.emb(model, int(after_id) + 1)
+        ids = np.empty(chunk_size, np.int64)
+        out = np.empty((chunk_size, dim), np.float32)
+        n = 0
+        for key, val in self._scan(prefix, start):
+            image_id = self.keys.id_from_key(key)
+            decode_into(out, n, val, dim, model, image_id)
+            ids[n] = image_id
+            n += 1
+            if n == chunk_size:
+                yield ids.copy(), out.copy()
+                n = 0
+        if n:
+            yield ids[:n].copy(), out[:n].copy()
+
+    def iter_records(self, after_id: int = 0, chunk_size: int = 1000) -> Iterator[list[Record]]:
+        self.refresh()
+        chunk: list[Record] = []
+        for _, val in self._scan(self.keys.img_prefix, self.keys.img(int(after_id) + 1)):
+            chunk.append(Record.from_json(val))
+            if len(chunk) == chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk

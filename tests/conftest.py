@@ -1,0 +1,57 @@
+"""Shared fixtures: a real redis-server per session and a store per backend."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import RedisServer  # noqa: E402
+
+from imgsim_lab.store import open_store  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.zip"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A Redis-protocol server: ``$IMGSIM_TEST_REDIS_URL`` (e.g. a real Kvrocks) or our own."""
+    external = os.environ.get("IMGSIM_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["rocksdb", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "rocksdb":
+        return f"rocksdb:{tmp_path / 'kv'}"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def store(store_url: str, namespace: str):
+    s = open_store(store_url, namespace)
+    yield s
+    if s.backend == "redis":
+        s.flush()
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def cifar_zip() -> Path | None:
+    return SHARED_CIFAR if SHARED_CIFAR.exists() else None

@@ -1,0 +1,251 @@
+"""The store suite, run against both backends: embedded RocksDB and a real redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from imgsim_lab.store import (
+    DimensionMismatchError,
+    ModelMismatchError,
+    NewImage,
+    ReadOnlyStoreError,
+    StoreConnectionError,
+    StoreLockedError,
+    UnknownModelError,
+    open_store,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def sha(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def images(n: int, dim: int = 8, model: str = "m", start: int = 0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    return [NewImage(sha(start + i), f"img{start + i}.jpg", 32, 24, label=f"c{(start + i) % 3}",
+                     embeddings={model: vecs[i]}) for i in range(n)], vecs
+
+
+def test_records_and_embeddings_round_trip(store):
+    store.register_model("m", 8, "v1")
+    items, vecs = images(10)
+    res = store.add_images(items)
+    assert [r.created for r in res] == [True] * 10
+    ids = [r.id for r in res]
+    assert ids == sorted(ids) and len(set(ids)) == 10
+    recs = store.get_records(ids + [10**9])
+    assert recs[-1] is None
+    assert [r.sha256 for r in recs[:-1]] == [it.sha256 for it in items]
+    assert recs[3].source == "img3.jpg" and recs[3].width == 32 and recs[3].height == 24
+    assert recs[3].label == "c0" and recs[3].added > 1.6e9
+    found, got = store.get_embeddings("m", ids[::-1] + [10**9])
+    assert list(found) == ids[::-1]
+    np.testing.assert_array_equal(got, vecs[::-1])
+    assert store.ids_for_hashes([sha(0), sha(999)]) == [ids[0], None]
+    info = store.info()
+    assert info["images"] == 10 and info["models"] == {"m": {"dim": 8, "count": 10, "version": "v1"}}
+    assert store.last_id() == ids[-1]
+
+
+def test_wrong_dimension_is_rejected_and_nothing_is_written(store):
+    store.register_model("m", 8, "v1")
+    good, _ = images(3)
+    bad = NewImage(sha(100), "bad.jpg", 1, 1, embeddings={"m": np.zeros(7, np.float32)})
+    with pytest.raises(DimensionMismatchError, match="dimension 8"):
+        store.add_images([*good, bad])
+    assert store.count() == 0 and store.ids_for_hashes([sha(0)]) == [None]
+    with pytest.raises(ModelMismatchError):
+        store.register_model("m", 16, "v1")
+    with pytest.raises(ModelMismatchError):
+        store.register_model("m", 8, "v2")
+    with pytest.raises(UnknownModelError):
+        store.add_images([NewImage(sha(1), "x", 1, 1, embeddings={"other": np.zeros(8)})])
+
+
+def test_same_hash_gives_one_record_and_fills_missing_embeddings(store):
+    store.register_model("m", 8, "v1")
+    store.register_model("n", 4, "v1")
+    a = NewImage(sha(1), "a.jpg", 5, 5, embeddings={"m": np.ones(8, np.float32)})
+    first = store.add_images([a, a])
+    assert first[0].created and not first[1].created and first[0].id == first[1].id
+    assert first[0].embedded == ("m",) and first[1].embedded == ()
+    again = store.add_images([NewImage(sha(1), "copy.jpg", 5, 5,
+                                       embeddings={"m": np.zeros(8, np.float32),
+                                                   "n": np.ones(4, np.float32)})])
+    assert again[0].id == first[0].id and not again[0].created and again[0].embedded == ("n",)
+    _, v = store.get_embeddings("m", [first[0].id])
+    np.testing.assert_array_equal(v[0], np.ones(8))  # the first embedding is kept
+    assert store.count() == 1
+    assert {k: v["count"] for k, v in store.info()["models"].items()} == {"m": 1, "n": 1}
+    assert store.get_records([first[0].id])[0].source == "a.jpg"
+
+
+def test_iteration_in_id_order_and_after_id(store):
+    store.register_model("m", 8, "v1")
+    items, vecs = images(25)
+    ids = [r.id for r in store.add_images(items)]
+    chunks = list(store.iter_embeddings("m", chunk_size=10))
+    assert [len(c[0]) for c in chunks] == [10, 10, 5]
+    all_ids = np.concatenate([c[0] for c in chunks])
+    assert list(all_ids) == ids
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), vecs)
+    after = np.concatenate([c[0] for c in store.iter_embeddings("m", after_id=ids[19])])
+    assert list(after) == ids[20:]
+    recs = [r.id for chunk in store.iter_records(after_id=ids[9], chunk_size=7) for r in chunk]
+    assert recs == ids[10:]
+    assert list(store.all_ids(ids[22])) == ids[23:]
+    assert store.has_embeddings("m", [ids[0], 10**9]).tolist() == [True, False]
+
+
+def test_delete_keeps_counters_right(store):
+    store.register_model("m", 8, "v1")
+    items, _ = images(5)
+    ids = [r.id for r in store.add_images(items)]
+    assert store.delete([ids[1], ids[3], 10**9]) == 2
+    assert store.count() == 3
+    assert store.info()["models"]["m"]["count"] == 3
+    assert store.get_records([ids[1]]) == [None]
+    assert store.ids_for_hashes([sha(1)]) == [None]
+    assert [int(i) for c in store.iter_embeddings("m") for i in c[0]] == [ids[0], ids[2], ids[4]]
+    # the id sequence never goes back: a re-added image gets a new id
+    again = store.add_images([items[1]])
+    assert again[0].created and again[0].id > ids[-1]
+
+
+def test_flush_removes_one_namespace_only(store_url):
+    a = open_store(store_url, "nsa")
+    a.register_model("m", 8, "v1")
+    a.add_images(images(4)[0])
+    a.close()
+    b = open_store(store_url, "nsb")
+    b.register_model("m", 8, "v1")
+    b.add_images(images(3)[0])
+    b.close()
+    a = open_store(store_url, "nsa")
+    removed = a.flush()
+    assert removed >= 4 * 3  # record, hash claim and embedding per image, plus bookkeeping
+    assert a.count() == 0 and a.model_info() == {}
+    a.close()
+    b = open_store(store_url, "nsb")
+    assert b.count() == 3 and b.info()["models"]["m"]["count"] == 3
+    b.flush()
+    b.close()
+
+
+def test_threads_claiming_one_hash_create_one_record(store):
+    store.register_model("m", 8, "v1")
+    items, _ = images(20)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def worker() -> None:
+        s = store if store.backend == "rocksdb" else open_store(store_url_of(store), store.namespace)
+        barrier.wait()
+        results.append(s.add_images(items))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count() == 20
+    assert sum(r.created for res in results for r in res) == 20
+    assert len({r.id for res in results for r in res}) == 20
+
+
+def store_url_of(store) -> str:
+    # the tests' redis URLs carry no password, so the redacted URL is the real one
+    return store.url
+
+
+WRITER = """
+import sys, hashlib, numpy as np
+from imgsim_lab.store import open_store, NewImage
+url, ns, start, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = open_store(url, ns, lock_timeout=30)
+s.register_model("m", 8, "v1")
+for i in range(start, start + n):
+    s.add_images([NewImage(hashlib.sha256(str(i).encode()).hexdigest(), f"p{i}", 2, 2,
+                           embeddings={"m": np.full(8, i, np.float32)})])
+s.close()
+"""
+
+
+def test_processes_claiming_one_hash_create_one_record(redis_url, namespace):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, redis_url, namespace, "0", "40"])
+             for _ in range(4)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+    s = open_store(redis_url, namespace)
+    try:
+        assert s.count() == 40
+        ids = s.all_ids()
+        assert len(ids) == 40 and s.info()["models"]["m"]["count"] == 40
+        assert len({r.sha256 for c in s.iter_records() for r in c}) == 40
+    finally:
+        s.flush()
+        s.close()
+
+
+def test_embedded_store_is_readable_by_another_process_while_written(tmp_path):
+    url = f"rocksdb:{tmp_path / 'kv'}"
+    w = open_store(url, "ns")
+    w.register_model("m", 8, "v1")
+    w.add_images(images(5)[0])
+    reader = open_store(url, "ns", read_only=True)
+    assert reader.count() == 5
+    with pytest.raises(ReadOnlyStoreError):
+        reader.add_images(images(1, start=50)[0])
+    w.add_images(images(5, start=5)[0])
+    assert reader.count() == 10  # the secondary catches up
+    ids, vecs = next(reader.iter_embeddings("m"))
+    assert len(ids) == 10
+    reader.close()
+    # a reader in another process while this one holds the writer
+    code = ("import sys; from imgsim_lab.store import open_store; "
+            "s = open_store(sys.argv[1], 'ns', read_only=True); print(s.count())")
+    out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "10"
+    w.close()
+
+
+def test_second_writer_waits_then_names_the_holder(tmp_path):
+    url = f"rocksdb:{tmp_path / 'kv'}"
+    code = ("import sys, time; from imgsim_lab.store import open_store; "
+            "s = open_store(sys.argv[1], 'ns'); print('ready', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        with pytest.raises(StoreLockedError) as exc:
+            open_store(url, "ns", lock_timeout=1.0)
+        assert 0.9 <= time.monotonic() - t0 < 10
+        msg = str(exc.value)
+        assert f"pid {holder.pid}" in msg and "Kvrocks" in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone, a writer gets in
+    open_store(url, "ns", lock_timeout=5).close()
+
+
+def test_clear_error_when_server_is_down():
+    from servers import free_port
+
+    url = f"redis://bob:hunter2@127.0.0.1:{free_port()}/0"
+    t0 = time.monotonic()
+    with pytest.raises(StoreConnectionError) as exc:
+        open_store(url)
+    msg = str(exc.value)
+    assert "127.0.0.1" in msg and "hunter2" not in msg and "***" in msg
+    assert time.monotonic() - t0 < 30

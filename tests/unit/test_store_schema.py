@@ -1,0 +1,72 @@
+"""Pure parts of the store: URLs, key schema, vector codec, record validation."""
+
+import numpy as np
+import pytest
+
+from imgsim_lab.store import InvalidURLError, Keys, parse_url, redact_url
+from imgsim_lab.store.errors import CorruptDataError, DimensionMismatchError
+from imgsim_lab.store.schema import NewImage, Record, decode_vector, encode_vector
+
+
+def test_parse_urls():
+    assert parse_url("rocksdb:data/kv") == ("rocksdb", "data/kv")
+    assert parse_url("rocksdb:///tmp/x") == ("rocksdb", "/tmp/x")
+    assert parse_url("redis://localhost:6666/0")[0] == "redis"
+    assert parse_url("rediss://u:p@h:6666/1")[0] == "rediss"
+    for bad in ["nothing", "mysql://h/db", "redis://:6666", "rocksdb:", "redis://h:notaport/0"]:
+        with pytest.raises(InvalidURLError):
+            parse_url(bad)
+
+
+def test_redaction_never_shows_password():
+    assert redact_url("redis://alice:s3cret@h:6666/0") == "redis://alice:***@h:6666/0"
+    assert redact_url("redis://:s3cret@h:6666/0") == "redis://:***@h:6666/0"
+    assert redact_url("redis://h:6666/0") == "redis://h:6666/0"
+    with pytest.raises(InvalidURLError) as e:
+        parse_url("mysql://bob:hunter2@h/0")
+    assert "hunter2" not in str(e.value)
+
+
+def test_keys_sort_by_id_and_share_a_hash_tag():
+    k = Keys("imgsim")
+    assert k.img(42) == "imgsim:img:{000000000042}"
+    assert k.emb("m", 42).endswith("{000000000042}")
+    assert sorted([k.emb("m", 10), k.emb("m", 9), k.emb("m", 100)]) == [
+        k.emb("m", 9), k.emb("m", 10), k.emb("m", 100)]
+    assert Keys.id_from_key(k.emb("m", 77).encode()) == 77
+    with pytest.raises(ValueError):
+        Keys("bad:ns")
+    with pytest.raises(ValueError):
+        Keys("a*")
+
+
+def test_vector_codec_checks_dimension_and_values():
+    v = np.arange(4, dtype=np.float32)
+    data = encode_vector(v, 4, "m")
+    assert len(data) == 16 and data[:4] == np.float32(0).tobytes()
+    np.testing.assert_array_equal(decode_vector(data, 4, "m"), v)
+    with pytest.raises(DimensionMismatchError):
+        encode_vector(np.zeros(5, np.float32), 4, "m")
+    with pytest.raises(ValueError):
+        encode_vector(np.array([0, np.nan, 0, 0], np.float32), 4, "m")
+    with pytest.raises(CorruptDataError):
+        decode_vector(data[:-1], 4, "m")
+
+
+def test_record_fields_are_validated():
+    r = Record(1, "a" * 64, "x.jpg", 32, 32, None, 1.5)
+    assert Record.from_fields(r.to_fields()) == r
+    assert Record.from_json(r.to_json()) == r
+    with pytest.raises(CorruptDataError):
+        Record.from_fields({**r.to_fields(), "width": "-3"})
+    with pytest.raises(CorruptDataError):
+        Record.from_fields({"id": "1"})
+    with pytest.raises(CorruptDataError):
+        Record.from_json(b"\x80\x04not json")
+
+
+def test_new_image_validation():
+    with pytest.raises(ValueError, match="sha256"):
+        NewImage("xyz", "s", 1, 1)
+    with pytest.raises(ValueError, match="positive"):
+        NewImage("a" * 64, "s", 0, 1)
