@@ -16,12 +16,15 @@ def setup_logging(run_name: str = "imgsim", verbose: bool = False,
                   log_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """Log to the console and to ``<data>/logs/<run_name>-<time>-<pid>.log``; return the file."""
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.INFO)
+    # our own events go to the file at DEBUG (one line per image added, duplicate, ...)
+    logging.getLogger("imgsim_lab").setLevel(logging.DEBUG)
     for h in list(root.handlers):
         if getattr(h, "_imgsim", False):
             root.removeHandler(h)
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter(FORMAT))
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
     console._imgsim = True  # type: ignore[attr-defined]
     root.addHandler(console)
     directory = Path(log_dir) if log_dir else config.data_dir() / "logs"
@@ -34,6 +37,7 @@ def setup_logging(run_name: str = "imgsim", verbose: bool = False,
         logging.getLogger(__name__).warning("cannot write a log file under %s", directory)
         return None
     fh.setFormatter(logging.Formatter(FORMAT))
+    fh.setLevel(logging.DEBUG)
     fh._imgsim = True  # type: ignore[attr-defined]
     root.addHandler(fh)
     return path

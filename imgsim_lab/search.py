@@ -1,0 +1,138 @@
+"""Search an image against a collection: the one entry point for the CLI, the app and notebooks.
+
+:class:`Searcher` ties a store, a model and its :class:`~imgsim_lab.index.SimilarityIndex`
+together. A query image is validated like an ingested one; when its bytes are already
+stored it is searched with its stored embedding, and it never appears among its own
+results (neither its id nor its sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imgsim_lab.images import ImageInfo, Limits, decode, sha256_hex
+from imgsim_lab.index import IndexConfig, SimilarityIndex
+from imgsim_lab.models import EmbeddingModel, get_model
+from imgsim_lab.store import NewImage, Record, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One result: the stored image, its cosine similarity to the query, its record."""
+
+    id: int
+    score: float
+    record: Record | None
+
+    def to_dict(self) -> dict:
+        r = self.record
+        return {"id": self.id, "score": round(float(self.score), 6),
+                "label": r.label if r else None, "source": r.source if r else None}
+
+
+@dataclass
+class QueryResult:
+    """What a query did: whether the image was stored already or added, and its matches."""
+
+    sha256: str
+    info: ImageInfo
+    stored_id: int | None = None
+    duplicate: bool = False
+    added: bool = False
+    matches: list[Match] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"sha256": self.sha256, "stored_id": self.stored_id, "duplicate": self.duplicate,
+                "added": self.added, "width": self.info.width, "height": self.info.height,
+                "format": self.info.format, "seconds": round(self.seconds, 4),
+                "matches": [m.to_dict() for m in self.matches]}
+
+
+class Searcher:
+    """Search by image bytes, by vector or by stored id, against one model's index."""
+
+    def __init__(self, store: Store, model: EmbeddingModel | str, size: int | None = None,
+                 index_config: IndexConfig | None = None, limits: Limits | None = None) -> None:
+        self.store = store
+        self.model = get_model(model, size=size) if isinstance(model, str) else model
+        self.limits = limits or Limits()
+        self.index_config = index_config
+        self._index: SimilarityIndex | None = None
+
+    @property
+    def index(self) -> SimilarityIndex:
+        """The model's index, loaded (or built) on first use and kept in sync with the store."""
+        if self._index is None:
+            self._index = SimilarityIndex(self.store, self.model.key, config=self.index_config)
+        return self._index
+
+    def embed(self, data: bytes) -> tuple[np.ndarray, ImageInfo]:
+        img, info = decode(data, self.limits)
+        with torch.inference_mode():
+            vec = self.model.embed_batch(torch.stack([self.model.preprocess(img)]))[0]
+        return vec, info
+
+    def search_bytes(self, data: bytes, k: int = 5, *, add: bool = False, source: str = "upload",
+                     label: str | None = None) -> QueryResult:
+        """Validate, embed (or reuse the stored vector), optionally add, and search.
+
+        Raises :class:`~imgsim_lab.images.ImageRejected` for bad bytes; nothing is stored then.
+        """
+        t0 = time.perf_counter()
+        if len(data) > self.limits.max_bytes:
+            from imgsim_lab.images import ImageRejected
+
+            raise ImageRejected("too_large_bytes", f"{len(data)} bytes > limit {self.limits.max_bytes}")
+        sha = sha256_hex(data)
+        stored_id = self.store.ids_for_hashes([sha])[0]
+        vec = None
+        if stored_id is not None and self.store.has_embeddings(self.model.key, [stored_id])[0]:
+            _, vecs = self.store.get_embeddings(self.model.key, [stored_id])
+            vec = vecs[0]
+            from imgsim_lab.images import probe
+
+            info = probe(data, self.limits)
+        else:
+            vec, info = self.embed(data)
+        result = QueryResult(sha, info, stored_id=stored_id, duplicate=stored_id is not None)
+        if add and stored_id is None:
+            self.store.register_model(self.model.key, self.model.dim, self.model.version)
+            res = self.store.add_images([NewImage(sha, source, info.width, info.height, label,
+                                                  {self.model.key: vec})])[0]
+            result.stored_id, result.added = res.id, res.created
+            result.duplicate = not res.created
+            self.index.sync()
+            log.info("added %s as id %d", source, res.id)
+        elif add and vec is not None and not self.store.has_embeddings(self.model.key, [stored_id])[0]:
+            self.store.add_images([NewImage(sha, source, info.width, info.height, label,
+                                            {self.model.key: vec})])
+        exclude = () if result.stored_id is None else (result.stored_id,)
+        result.matches = self.search_vector(vec, k, exclude_ids=exclude, exclude_sha256=sha)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def search_vector(self, vec: np.ndarray, k: int = 5, exclude_ids=(),
+                      exclude_sha256: str | None = None) -> list[Match]:
+        """Top-k stored images by cosine similarity, with their records."""
+        self.index.sync()
+        hits = self.index.search(np.asarray(vec, np.float32), k=k, exclude_ids=exclude_ids,
+                                 exclude_sha256=exclude_sha256)
+        records = self.store.get_records([h.id for h in hits])
+        return [Match(h.id, float(h.score), r) for h, r in zip(hits, records, strict=True)]
+
+    def search_id(self, image_id: int, k: int = 5) -> list[Match]:
+        """Top-k neighbours of a stored image (never itself)."""
+        ids, vecs = self.store.get_embeddings(self.model.key, [image_id])
+        if not len(ids):
+            raise KeyError(f"image {image_id} has no {self.model.key} embedding")
+        rec = self.store.get_records([image_id])[0]
+        return self.search_vector(vecs[0], k, exclude_ids=(image_id,),
+                                  exclude_sha256=rec.sha256 if rec else None)
