@@ -84,6 +84,9 @@ class _Chunk:
 
 def _read(item: ImageItem, limits: Limits) -> tuple[bytes, str]:
     try:
+        size = item.path.stat().st_size if item.path is not None else 0
+        if size > limits.max_bytes:  # never read a huge file just to reject it
+            raise ImageRejected("too_large_bytes", f"{size} bytes > limit {limits.max_bytes}")
         data = item.read_bytes()
     except OSError as exc:
         raise ImageRejected("not_an_image", f"cannot read {item.source}: {exc.strerror or exc}") from None
