@@ -18,20 +18,28 @@ from imgsim_lab.log import setup_logging
 log = logging.getLogger(__name__)
 
 
-def _commands() -> list:
-    mods = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        mods.append(importlib.import_module(f"{__name__}.{info.name}"))
+def discover(package_path, package_name: str, wanted: str | None = None) -> list:
+    """Import the modules of a package (all, or only the one named ``wanted``).
+
+    Importing only the command asked for keeps ``imgsim info`` from loading torch.
+    """
+    names = [i.name for i in pkgutil.iter_modules(package_path) if not i.name.startswith("_")]
+    if wanted is not None and wanted.replace("-", "_") in names:
+        names = [wanted.replace("-", "_")]
+    mods = [importlib.import_module(f"{package_name}.{n}") for n in names]
     return sorted(mods, key=lambda m: m.NAME)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _first_positional(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsim", description="imgsim-lab image similarity workbench")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for mod in _commands():
+    wanted = _first_positional(argv) if argv is not None else None
+    for mod in discover(__path__, __name__, wanted):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
@@ -39,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(f"imgsim-{args.command}", verbose=args.verbose)
     from imgsim_lab.store.errors import StoreError

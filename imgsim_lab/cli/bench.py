@@ -7,8 +7,7 @@ Each benchmark is one module of :mod:`imgsim_lab.bench` defining ``NAME``, ``HEL
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
+import sys
 
 from imgsim_lab import bench
 from imgsim_lab.cli._common import write_json
@@ -17,17 +16,13 @@ NAME = "bench"
 HELP = "run a benchmark and print its JSON result (store, embed, ingest, search)"
 
 
-def _benchmarks() -> list:
-    mods = []
-    for info in pkgutil.iter_modules(bench.__path__):
-        if not info.name.startswith("_"):
-            mods.append(importlib.import_module(f"{bench.__name__}.{info.name}"))
-    return sorted(mods, key=lambda m: m.NAME)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from imgsim_lab.cli import discover
+
     sub = parser.add_subparsers(dest="benchmark", required=True)
-    for mod in _benchmarks():
+    argv = sys.argv[1:]
+    wanted = argv[argv.index(NAME) + 1] if NAME in argv and argv.index(NAME) + 1 < len(argv) else None
+    for mod in discover(bench.__path__, bench.__name__, wanted):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.add_argument("--json", dest="json_out", metavar="OUT", default=None,

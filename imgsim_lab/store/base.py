@@ -222,6 +222,31 @@ class Store(ABC):
         parts = [np.array([r.id for r in chunk], np.int64) for chunk in self.iter_records(after_id)]
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
+    # ------------------------------------------------- raw access (for `imgsim check`)
+    @abstractmethod
+    def raw_scan(self, prefix: str) -> Iterator[str]:
+        """Every key of this namespace starting with ``prefix`` (a full key prefix)."""
+
+    @abstractmethod
+    def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of plain string keys (hash claims, embeddings, counters)."""
+
+    @abstractmethod
+    def raw_record(self, image_id: int) -> dict | None:
+        """The record's stored fields, unparsed (``None`` when absent)."""
+
+    @abstractmethod
+    def raw_delete(self, keys: Sequence[str]) -> int:
+        """Delete keys; returns how many existed."""
+
+    @abstractmethod
+    def raw_set(self, key: str, value: bytes | str) -> None:
+        """Set a plain string key."""
+
+    @abstractmethod
+    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]]) -> None:
+        """Rewrite what is derived from the records: counters, id watermark, id sets."""
+
     def info(self) -> dict:
         """A JSON-able summary: images, models (dim, count, version), backend, url, namespace."""
         models = self.model_info()

@@ -354,6 +354,57 @@ class RedisStore(Store):
             yield [r for r in self.get_records(ids) if r is not None]
             last = ids[-1]
 
+    def embedding_ids(self, model: str) -> np.ndarray:
+        """Ids in the model's id set (what iteration will visit)."""
+        raw = self._call(self._r.zrangebyscore, self.keys.eids(model), "-inf", "+inf")
+        return np.array([int(x) for x in raw], np.int64)
+
     def all_ids(self, after_id: int = 0) -> np.ndarray:
         raw = self._call(self._r.zrangebyscore, self.keys.ids, f"({int(after_id)}", "+inf")
         return np.array([int(x) for x in raw], np.int64)
+
+    # ------------------------------------------------------------ raw access
+    def raw_scan(self, prefix: str) -> Iterator[str]:
+        for key in self._r.scan_iter(match=prefix.replace("{", "[{]").replace("}", "[}]") + "*", count=1000):
+            yield key.decode("utf-8", "replace")
+
+    def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.get(k)
+        return self._call(pipe.execute, raise_on_error=False)
+
+    def raw_record(self, image_id: int) -> dict | None:
+        try:
+            f = self._call(self._r.hgetall, self.keys.img(image_id))
+        except StoreError:  # not a hash
+            return {"_raw": "wrong type"}
+        return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in f.items()} or None
+
+    def raw_delete(self, keys: Sequence[str]) -> int:
+        self._check_writable()
+        return int(self._call(self._r.delete, *keys)) if keys else 0
+
+    def raw_set(self, key: str, value: bytes | str) -> None:
+        self._check_writable()
+        self._call(self._r.set, key, value)
+
+    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]]) -> None:
+        self._check_writable()
+        k = self.keys
+        top = max([self.last_id(), *record_ids, *(i for ids in embedding_ids.values() for i in ids)])
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(k.count, len(record_ids))
+        pipe.set(k.seq, top)
+        pipe.delete(k.ids)
+        for s in range(0, len(record_ids), 4000):
+            pipe.zadd(k.ids, {str(i): i for i in record_ids[s : s + 4000]})
+        for name, ids in embedding_ids.items():
+            pipe.delete(k.eids(name))
+            for s in range(0, len(ids), 4000):
+                pipe.zadd(k.eids(name), {str(i): i for i in ids[s : s + 4000]})
+            pipe.hset(k.model(name), "count", len(ids))
+            pipe.sadd(k.models, name)
+        self._call(pipe.execute)

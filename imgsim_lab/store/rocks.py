@@ -333,3 +333,51 @@ class RocksStore(Store):
                 chunk = []
         if chunk:
             yield chunk
+
+    # ------------------------------------------------------------ raw access
+    def raw_scan(self, prefix: str) -> Iterator[str]:
+        self.refresh()
+        for key, _ in self._scan(prefix):
+            yield key.decode("utf-8", "replace")
+
+    def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self._db.get([k.encode() for k in keys]) if keys else []
+
+    def raw_record(self, image_id: int) -> dict | None:
+        v = self._get(self.keys.img(image_id))
+        if v is None:
+            return None
+        try:
+            obj = json.loads(v)
+        except (ValueError, UnicodeDecodeError):
+            return {"_raw": v[:100]}
+        return obj if isinstance(obj, dict) else {"_raw": v[:100]}
+
+    def raw_delete(self, keys: Sequence[str]) -> int:
+        self._check_writable()
+        with self._lock:
+            existing = [k for k, v in zip(keys, self.raw_get(keys), strict=True) if v is not None]
+            wb = WriteBatch(raw_mode=True)
+            for k in existing:
+                wb.delete(k.encode())
+            self._db.write(wb)
+        return len(existing)
+
+    def raw_set(self, key: str, value: bytes | str) -> None:
+        self._check_writable()
+        self._db.put(key.encode(), value if isinstance(value, bytes) else value.encode())
+
+    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]]) -> None:
+        self._check_writable()
+        k = self.keys
+        with self._lock:
+            models = self.model_info()
+            wb = WriteBatch(raw_mode=True)
+            wb.put(k.count.encode(), str(len(record_ids)).encode())
+            top = max([self._int(k.seq), *record_ids, *(i for ids in embedding_ids.values() for i in ids)])
+            wb.put(k.seq.encode(), str(top).encode())
+            for name, ids in embedding_ids.items():
+                m = models[name]
+                wb.put(k.model(name).encode(),
+                       json.dumps({"dim": m.dim, "version": m.version, "count": len(ids)}).encode())
+            self._db.write(wb)

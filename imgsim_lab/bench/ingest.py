@@ -1,0 +1,71 @@
+"""``imgsim bench ingest``: the whole ingest pipeline against the model forward alone.
+
+Same images, batch size and input size in one run: ``model_only_images_per_s`` embeds
+preloaded tensors; ``images_per_s`` goes from files on disk to vectors in a fresh
+embedded store (read, hash, skip check, decode, preprocess, forward, write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+NAME = "ingest"
+HELP = "end-to-end ingest throughput vs the model forward alone (same batch size and size)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    parser.add_argument("--n", type=int, default=512, help="images (CIFAR-10 JPEGs when the archive exists)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="decode threads of the pipeline")
+
+
+def run_ingest_bench(model_name: str, size: int | None, n: int, batch_size: int, workers: int) -> dict:
+    import torch
+    from PIL import Image
+
+    from imgsim_lab.bench.embed import _find_zip, write_images
+    from imgsim_lab.datasets import folder_items
+    from imgsim_lab.ingest import ingest
+    from imgsim_lab.models import get_model
+    from imgsim_lab.store import open_store
+
+    model = get_model(model_name, size=size)
+    with tempfile.TemporaryDirectory(prefix="imgsim-bench-ingest-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        paths, source = write_images(folder, n, _find_zip(None))
+        n = len(paths)
+        batch = torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in paths])
+        model.embed_batch(batch[:batch_size])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, n, batch_size):
+            model.embed_batch(batch[i : i + batch_size])
+        model_s = time.perf_counter() - t0
+        del batch
+        items = folder_items(folder)
+        with open_store(f"rocksdb:{tmp}/kv", "bench") as store:
+            summary = ingest(items, store, [model], batch_size=batch_size, workers=workers)
+            again = ingest(items, store, [model], batch_size=batch_size, workers=workers, progress=False)
+    result = {
+        "benchmark": NAME, "model": model.key, "size": model.size, "n": n, "batch_size": batch_size,
+        "images": source, "torch_threads": torch.get_num_threads(), "decode_workers": workers,
+        "images_per_s": n / summary.seconds, "model_only_images_per_s": n / model_s,
+        "added": summary.added, "rejected": sum(summary.rejected.values()),
+        "reingest_images_per_s": n / again.seconds if again.seconds else None,
+        "reingest_duplicates": again.duplicates,
+    }
+    result["ratio"] = result["images_per_s"] / result["model_only_images_per_s"]
+    log.info("ingest bench: %.1f img/s end to end, %.1f model only (ratio %.2f)",
+             result["images_per_s"], result["model_only_images_per_s"], result["ratio"])
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    return run_ingest_bench(args.model, args.size, args.n, args.batch_size, args.workers)
