@@ -111,7 +111,8 @@ class Searcher:
             result.duplicate = not res.created
             self.index.sync()
             log.info("added %s as id %d", source, res.id)
-        elif add and vec is not None and not self.store.has_embeddings(self.model.key, [stored_id])[0]:
+        elif add and not self.store.has_embeddings(self.model.key, [stored_id])[0]:
+            self.store.register_model(self.model.key, self.model.dim, self.model.version)
             self.store.add_images([NewImage(sha, source, info.width, info.height, label,
                                             {self.model.key: vec})])
         exclude = () if result.stored_id is None else (result.stored_id,)
