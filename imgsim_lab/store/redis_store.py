@@ -186,6 +186,10 @@ class RedisStore(Store):
     def __init__(self, url: str, redacted: str, namespace: str, read_only: bool = False,
                  client: redis.Redis | None = None) -> None:
         super().__init__(redacted, namespace, read_only)
+        from urllib.parse import unquote, urlsplit
+
+        password = urlsplit(url).password
+        self._secret = unquote(password) if password else None
         self._r = client or connect(url, redacted)
         self._add = self._r.register_script(ADD_LUA)
         self._del = self._r.register_script(DELETE_LUA)
@@ -207,7 +211,12 @@ class RedisStore(Store):
         except TRANSIENT as exc:
             raise StoreConnectionError(
                 f"cannot reach the store at {self.url} after {RETRIES} retries: "
-                f"{type(exc).__name__}. Is the server running?") from None
+                f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}. Is the server running?") from None
+
+    def _scrub(self, text: str) -> str:
+        """Remove the password from a message, whatever the library put in it."""
+        secret = getattr(self, "_secret", None)
+        return text.replace(secret, "***") if secret else text
 
     def close(self) -> None:
         self._r.close()
