@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cluster_fixture import cluster_servers, cluster_url  # noqa: E402, F401
 from servers import RedisServer  # noqa: E402
 
 from imgsim_lab.store import open_store  # noqa: E402
@@ -36,18 +37,18 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["rocksdb", "redis"])
+@pytest.fixture(params=["rocksdb", "redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "rocksdb":
         return f"rocksdb:{tmp_path / 'kv'}"
-    return request.getfixturevalue("redis_url")
+    return request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
 
 
 @pytest.fixture
 def store(store_url: str, namespace: str):
     s = open_store(store_url, namespace)
     yield s
-    if s.backend == "redis":
+    if s.backend != "rocksdb":
         s.flush()
     s.close()
 

@@ -4,6 +4,10 @@ Bulk: :meth:`Store.add_images` (one Lua call or WriteBatch per 256 records) and
 :meth:`Store.iter_embeddings` (MGET / multi-get of 1,000). Naive, the way the original
 demo did it: one SET per vector, then SCAN plus one GET per key. Both in one run, in a
 throw-away namespace that is flushed afterwards.
+
+``--compare-kv URL2`` repeats the measurement on a second store in the same run (e.g. a
+cluster next to a single node) and adds its result as ``compare`` with the ratios
+second/first as ``compare_ratios``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from imgsim_lab.store import NewImage, Store, open_store
 NAME = "store"
 HELP = "bulk vs naive write/read throughput of the store (vectors per second)"
 log = logging.getLogger(__name__)
+#: Throughputs compared by ``--compare-kv`` (ratio = second URL / first URL).
+RATIO_FIELDS = ("bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s", "naive_read_per_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
     parser.add_argument("--naive-n", type=int, default=None,
                         help="vectors for the naive way (default: same as --n)")
+    parser.add_argument("--compare-kv", metavar="URL2", default=None,
+                        help="run the same measurement on a second store URL too and report "
+                             "its throughput relative to --kv (e.g. a cluster vs a single node)")
 
 
 def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
-    if store.backend == "redis":
+    if store.backend != "rocksdb":
         r = store._r  # noqa: SLF001 - the naive way talks to the raw client on purpose
         for i, v in enumerate(vecs):
             r.set(f"{ns}:naive:{i}", v.tobytes())
@@ -46,7 +55,7 @@ def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
 
 def _naive_read(store: Store, ns: str, dim: int) -> int:
     n = 0
-    if store.backend == "redis":
+    if store.backend != "rocksdb":
         r = store._r  # noqa: SLF001
         for key in r.scan_iter(match=f"{ns}:naive:*", count=100):
             np.frombuffer(r.get(key), np.float32, dim)
@@ -113,5 +122,17 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
     return result
 
 
+def compare(result: dict, other: dict) -> dict:
+    """``result`` with ``other`` as ``compare`` and per-field ratios other/result."""
+    ratios = {k: other[k] / result[k] for k in RATIO_FIELDS if result.get(k)}
+    log.info("store bench: %s over %s: %s", other["url"], result["url"],
+             {k: round(v, 2) for k, v in ratios.items()})
+    return {**result, "compare": other, "compare_ratios": ratios}
+
+
 def run(args: argparse.Namespace) -> dict:
-    return run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)
+    result = run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)
+    if args.compare_kv:
+        other = run_store_bench(args.compare_kv, args.n, args.dim, args.naive_n, args.namespace)
+        result = compare(result, other)
+    return result

@@ -4,7 +4,9 @@
 
 - ``rocksdb:PATH`` — embedded RocksDB (default ``rocksdb:data/kv``), no server needed;
 - ``redis://[user:password@]host:port/db`` or ``rediss://…`` — Apache Kvrocks (port
-  6666 by default) or any Redis-protocol server.
+  6666 by default) or any Redis-protocol server;
+- ``redis+cluster://[user:password@]host:port[,host:port...]`` or ``rediss+cluster://…`` —
+  a Kvrocks cluster or a Redis Cluster (:mod:`imgsim_lab.store.cluster_store`).
 
 The URL is the argument, else ``$IMGSIM_KV_URL``, else the default. The key schema is
 documented in :mod:`imgsim_lab.store.schema`.
@@ -53,6 +55,10 @@ def open_store(url: str | None = None, namespace: str | None = None, *, read_onl
 
         return RocksStore(target, ns, read_only=read_only,
                           lock_timeout=DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from imgsim_lab.store.cluster_store import RedisClusterStore
+
+        return RedisClusterStore(url, redact_url(url), ns, read_only=read_only)
     from imgsim_lab.store.redis_store import RedisStore
 
     return RedisStore(url, redact_url(url), ns, read_only=read_only)

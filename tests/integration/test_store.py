@@ -1,4 +1,4 @@
-"""The store suite, run against both backends: embedded RocksDB and a real redis-server."""
+"""The store suite, run against every backend: embedded RocksDB, a real redis-server, a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -181,11 +181,17 @@ s.close()
 """
 
 
-def test_processes_claiming_one_hash_create_one_record(redis_url, namespace):
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, redis_url, namespace, "0", "40"])
+@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A server shared by processes: the single node or the cluster."""
+    return request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
+
+
+def test_processes_claiming_one_hash_create_one_record(server_url, namespace):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, server_url, namespace, "0", "40"])
              for _ in range(4)]
     assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
-    s = open_store(redis_url, namespace)
+    s = open_store(server_url, namespace)
     try:
         assert s.count() == 40
         ids = s.all_ids()
