@@ -73,6 +73,10 @@ def check_store(store: Store, repair: bool = False) -> CheckReport:
         problems.append(Problem(kind, detail, fixed))
         log.warning("check: %s: %s%s", kind, detail, " (repaired)" if fixed else "")
 
+    backend_repair = getattr(store, "repair", None)  # the cluster backend cleans crash leftovers itself
+    if repair and backend_repair is not None:
+        log.info("check: backend repair of %s: %s", store.url, backend_repair())
+
     records: dict[int, Record] = {}
     for key in store.raw_scan(k.img_prefix):
         image_id = _id_of(k, key)

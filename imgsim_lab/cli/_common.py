@@ -10,7 +10,8 @@ from typing import Any
 
 def add_store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv", metavar="URL", default=None,
-                        help="store URL: rocksdb:PATH, redis://host:6666/0 or rediss://... "
+                        help="store URL: rocksdb:PATH, redis://host:6666/0, rediss://..., "
+                             "redis+cluster://h1:6666,h2:6666 "
                              "(default: $IMGSIM_KV_URL, else rocksdb:data/kv)")
     parser.add_argument("--namespace", default=None,
                         help="key namespace (default: $IMGSIM_NAMESPACE, else imgsim)")
