@@ -50,6 +50,10 @@ def test_damage_is_reported_and_safe_parts_repaired(store):
     assert {p.kind for p in repaired.problems if not p.repaired} == {"missing_embedding"}
     after = check_store(store)
     assert {p.kind for p in after.problems} == {"missing_embedding"}
+    if hasattr(store, "repair"):
+        # cluster: a record without its claim is a crashed writer's leftover, and is removed
+        assert store.count() == 5 and store.get_records([ids[1]]) == [None]
+        return
     assert store.count() == 6 and store.info()["models"]["m"]["count"] == 4
     assert store.ids_for_hashes([store.get_records([ids[1]])[0].sha256]) == [ids[1]]
 
