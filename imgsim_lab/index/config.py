@@ -1,0 +1,58 @@
+"""The index's settings (:class:`IndexConfig`) and result type (:class:`Hit`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a store id and its cosine similarity to the query."""
+
+    id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How a :class:`~imgsim_lab.index.SimilarityIndex` is built and searched."""
+
+    mode: str = "auto"                  # "auto": exact if it fits memory_budget, else "budget"; or forced
+    memory_budget: int | float | None = None  # bytes, or a fraction (0, 1] of the raw vectors; None: 2 GiB
+    k_margin: int = 10                  # over-fetch: k_plus = k + k_margin (+ known exclusions)
+    rerank: bool = True                 # budget mode: re-rank candidates with exact float32 vectors
+    rerank_factor: float = 8.0          # budget mode: re-rank rerank_factor x k_plus candidates ...
+    rerank_min: int = 100               # ... and at least this many
+    nlist: int | None = None            # IVF lists; None: decisions.nlist_for(n) (~sqrt(n))
+    nprobe: int | None = None           # IVF lists visited; None: decisions.nprobe_for(nlist)
+    max_pca_dim: int = 128              # budget mode: PCA output dimension cap (before SQ8 codes)
+    train_min: int = 8192               # budget mode: train on >= this many sampled vectors (and 39/list)
+    kmeans_iter: int = 10               # k-means iterations when training the IVF
+    hot_fraction: float = 0.2           # budget mode: share of the budget for full vectors (LFU hot set)
+    retrain_growth: float = 2.0         # budget mode: retrain when n grows past this x the trained n
+    snapshot_dir: str | Path | None = None  # None: <data_dir>/index/<store slug>/<namespace>/<model>
+    duplicate_threshold: float | None = 1e-6  # drop hits scoring >= 1 - this (identical vectors); None: off
+    max_widen_rounds: int = 4           # budget mode: candidate widenings before the exact store scan
+    chunk_size: int = 16384             # vectors per chunk when streaming from the store
+    autosave: bool = True               # save the snapshot after a (re)build or a catch-up that changed it
+    build_threads: int | None = None    # faiss threads while building; None: cores - 1 (reader)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "exact", "budget"):
+            raise ValueError(f"mode must be auto, exact or budget, got {self.mode!r}")
+        if not 0.0 <= self.hot_fraction < 1.0:
+            raise ValueError("hot_fraction must be in [0, 1)")
+        if self.k_margin < 0 or self.rerank_factor < 1 or self.retrain_growth <= 1:
+            raise ValueError("k_margin >= 0, rerank_factor >= 1 and retrain_growth > 1 are required")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that shape the built index (a snapshot built otherwise is stale)."""
+        d = asdict(self)
+        return {k: d[k] for k in ("mode", "memory_budget", "nlist", "max_pca_dim", "hot_fraction")}
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["snapshot_dir"] = None if self.snapshot_dir is None else str(self.snapshot_dir)
+        return d

@@ -1,0 +1,158 @@
+"""The index's pure decisions, the hot set and the snapshot files, on random data."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from imgsim_lab.index import decisions as dec
+from imgsim_lab.index import snapshot as snap
+from imgsim_lab.index.builders import new_budget, train_pca
+from imgsim_lab.index.config import IndexConfig
+from imgsim_lab.index.hotset import HotSet
+from imgsim_lab.index.synthetic import SyntheticSpec, generate, neighbour_similarity
+
+
+def test_budget_is_bytes_or_a_fraction_of_raw_vectors():
+    assert dec.resolve_budget(None, 10, 4) == dec.DEFAULT_BUDGET_BYTES
+    assert dec.resolve_budget(1000, 10, 4) == 1000
+    assert dec.resolve_budget(0.5, 10, 4) == 80  # 10 * 4 * 4 bytes / 2
+    assert dec.resolve_budget(1.0, 10, 4) == 160
+    with pytest.raises(ValueError):
+        dec.resolve_budget(-1, 10, 4)
+    with pytest.raises(ValueError):
+        dec.resolve_budget(0.0, 10, 4)
+
+
+def test_mode_is_exact_when_it_fits():
+    n, d = 1000, 64
+    assert dec.choose_mode(n, d, dec.exact_index_bytes(n, d)) == "exact"
+    assert dec.choose_mode(n, d, dec.exact_index_bytes(n, d) - 1) == "budget"
+    assert dec.choose_mode(n, d, 10, "exact") == "exact"
+    assert dec.choose_mode(n, d, 10**12, "budget") == "budget"
+    with pytest.raises(ValueError):
+        dec.choose_mode(n, d, 10, "fast")
+
+
+@pytest.mark.parametrize("n", [0, 50, 1000, 10_000, 200_000, 1_000_000, 10**9])
+def test_nlist_is_a_power_of_two_with_enough_training_points(n):
+    nlist = dec.nlist_for(n)
+    assert nlist >= 1 and nlist & (nlist - 1) == 0
+    assert nlist == 1 or nlist * dec.MIN_POINTS_PER_CENTROID <= n
+    assert dec.nlist_for(200_000) == 512 and dec.nlist_for(1_000_000) == 1024
+
+
+def test_nprobe_training_size_and_depths():
+    assert dec.nprobe_for(512) == 16 and dec.nprobe_for(8) == 8 and dec.nprobe_for(4096) == 123
+    assert dec.training_size(100, 4) == 100
+    assert dec.training_size(10**6, 1024) == 16 * 1024 and dec.training_size(10**6, 64) == 8192
+    assert dec.k_plus(5, 10) == 15 and dec.k_plus(5, 10, 2) == 17
+    assert dec.rerank_depth(15, 8.0, 100) == 120 and dec.rerank_depth(5, 1.0, 100) == 100
+    assert dec.widen(15, 1000) == 60 and dec.widen(600, 1000) == 1000 and dec.widen(1, 1) == 1
+    assert dec.needs_retrain(2001, 1000, 2.0) and not dec.needs_retrain(2000, 1000, 2.0)
+
+
+@pytest.mark.parametrize("n,dim,fraction", [(200_000, 1280, 0.1), (10_000, 64, 0.3), (10**6, 1280, 0.05),
+                                            (5000, 512, 0.01)])
+def test_budget_factory_fits_its_budget(n, dim, fraction):
+    budget = dec.resolve_budget(fraction, n, dim)
+    f = dec.budget_factory(n, dim, budget)
+    assert f"IVF{dec.nlist_for(n)}," in f
+    assert dec.estimate_index_bytes(f, n, dim) <= budget or "PQ4" in f
+
+
+def test_budget_factory_choices():
+    assert dec.budget_factory(200_000, 1280, 80_000_000) == "PCA128,IVF512,SQ8"
+    assert dec.budget_factory(200_000, 1280, 80_000_000, max_pca_dim=256) == "PCA256,IVF512,SQ8"
+    assert dec.budget_factory(10_000, 64, 10**9) == "IVF128,SQ8"  # small dims: no PCA
+    assert "PQ" in dec.budget_factory(200_000, 1280, 5_000_000)
+    assert dec.code_bytes("PCA64,IVF16,PQ16", 1280) == 16 and dec.code_bytes("IVF8,SQ4", 10) == 5
+
+
+def test_memory_estimate_matches_faiss(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, 64)).astype(np.float32)
+    index = new_budget(64, "PCA32,IVF16,SQ8", x)
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    path = tmp_path / "i.faiss"
+    faiss.write_index(index, str(path))
+    est = dec.estimate_index_bytes("PCA32,IVF16,SQ8", len(x), 64)
+    assert 0.8 * path.stat().st_size <= est <= 1.25 * path.stat().st_size
+
+
+def test_hot_capacity():
+    assert dec.hot_capacity(10**6, 10**6, 128, 0.2) == 0  # the index used it all
+    cap = dec.hot_capacity(10**7, 10**6, 128, 0.2)
+    assert cap == 2 * 10**6 // (128 * 4 + 16 + dec.HOT_ENTRY_BYTES)
+
+
+def test_hot_set_keeps_the_most_frequent():
+    hot = HotSet(2, 3)
+    v = np.eye(3, dtype=np.float32)
+    for _ in range(3):
+        hot.record(np.array([1]), v[:1])
+    hot.record(np.array([2, 3]), v[1:])
+    hot.record(np.array([3]), v[2:])
+    mask, vecs = hot.lookup(np.array([1, 2, 3]))
+    assert mask.tolist() == [True, False, True]
+    assert np.array_equal(vecs, v[[0, 2]]) and hot.hit_rate == pytest.approx(2 / 3)
+    hot.discard(np.array([1]))
+    mask, vecs = hot.lookup(np.array([1, 3]))
+    assert mask.tolist() == [False, True] and np.array_equal(vecs, v[2:])
+
+
+def test_pca_matches_faiss():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3000, 32)) @ rng.standard_normal((32, 32))).astype(np.float32)
+    ours, ref = train_pca(x, 8), faiss.PCAMatrix(32, 8)
+    ref.train(x)
+    assert np.allclose(np.abs(ours.apply(x[:10])), np.abs(ref.apply(x[:10])), atol=1e-3)
+
+
+def test_snapshot_round_trip_and_corruption(tmp_path):
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
+    index.add_with_ids(np.eye(4, dtype=np.float32), np.arange(10, 14))
+    m = snap.Manifest("m", 4, "exact", "IDMap2,Flat", 13, 4, 4, "rocksdb:/x", "ns",
+                      IndexConfig().fingerprint())
+    snap.save(tmp_path, index, m)
+    back, m2 = snap.load(tmp_path)
+    assert back.ntotal == 4 and m2.watermark == 13 and m2.sha256 == snap.file_sha256(tmp_path / "index.faiss")
+    assert not list(tmp_path.glob(".*tmp"))
+    (tmp_path / "index.faiss").write_bytes((tmp_path / "index.faiss").read_bytes()[:-7])
+    with pytest.raises(snap.SnapshotError, match="truncated"):
+        snap.load(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["size"] -= 7
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(snap.SnapshotError, match="checksum"):
+        snap.load(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(snap.SnapshotError, match="malformed"):
+        snap.load(tmp_path)
+    assert snap.slug("redis://h:6666/0") != snap.slug("redis://h:6666/1")
+
+
+def test_synthetic_vectors_are_seeded_normalized_and_structured():
+    spec = SyntheticSpec(dim=128, latent_dim=16, n_clusters=32)
+    x = generate(spec, 0, 6000)
+    assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert np.array_equal(generate(spec, 4000, 100), x[4000:4100])  # chunking does not matter
+    assert not np.array_equal(generate(SyntheticSpec(dim=128, seed=1, latent_dim=16), 0, 5), x[:5])
+    sims = neighbour_similarity(x)
+    assert sims["sim_at_10"] - sims["sim_at_100"] > 0.03  # neighbours are separable
+    with pytest.raises(ValueError):
+        SyntheticSpec(latent_dim=65)
+
+
+def test_hot_set_stays_bounded_and_resizes():
+    hot = HotSet(4, 2)
+    rng = np.random.default_rng(0)
+    for i in range(5000):
+        hot.record(np.array([i % 3, 100 + i]), rng.standard_normal((2, 2)).astype(np.float32))
+    assert len(hot) == 4 and len(hot._freq) <= 2 * 4 + 1024
+    assert hot.lookup(np.array([0, 1, 2]))[0].all()  # the three frequent ids stay cached
+    small = hot.resized(2)
+    assert len(small) == 2 and small.lookup(np.array([0, 1, 2]))[0].sum() == 2
