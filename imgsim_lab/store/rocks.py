@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from rocksdict import AccessType, DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch
 
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
@@ -141,9 +141,15 @@ class RocksStore(Store):
         except ValueError as exc:
             raise CorruptDataError(f"{key} holds {v[:20]!r}, not an integer") from exc
 
-    def _scan(self, prefix: str, start: str | None = None) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(self, prefix: str, start: str | None = None,
+              readahead: int = 0) -> Iterator[tuple[bytes, bytes]]:
+        """Keys and values under ``prefix`` in key order; a long scan reads ahead, bypassing the cache."""
         p = prefix.encode()
-        it = self._db.iter()
+        opts = ReadOptions()
+        if readahead:
+            opts.fill_cache(False)
+            opts.set_readahead_size(readahead)
+        it = self._db.iter(opts)
         it.seek((start or prefix).encode())
         while it.valid():
             k = it.key()
@@ -309,19 +315,27 @@ class RocksStore(Store):
         self.refresh()
         prefix = self.keys.emb_prefix(model)
         start = self.keys.emb(model, int(after_id) + 1)
+        nbytes = 4 * dim
         ids = np.empty(chunk_size, np.int64)
         out = np.empty((chunk_size, dim), np.float32)
         n = 0
-        for key, val in self._scan(prefix, start):
-            image_id = self.keys.id_from_key(key)
-            decode_into(out, n, val, dim, model, image_id)
+        # read ahead about one chunk (capped at 8 MB): long scans stream, short samples stay cheap
+        readahead = min(8 << 20, chunk_size * nbytes) if chunk_size >= 1024 else 0
+        for key, val in self._scan(prefix, start, readahead):
+            # keys end in "{<id12>}": parse the fixed-width id without a search
+            image_id = int(key[-13:-1]) if key[-14:-13] == b"{" else self.keys.id_from_key(key)
+            if len(val) != nbytes:
+                decode_into(out, n, val, dim, model, image_id)  # raises CorruptDataError
+            out[n] = np.frombuffer(val, np.float32)
             ids[n] = image_id
             n += 1
             if n == chunk_size:
-                yield ids.copy(), out.copy()
+                yield ids, out
+                ids = np.empty(chunk_size, np.int64)
+                out = np.empty((chunk_size, dim), np.float32)
                 n = 0
         if n:
-            yield ids[:n].copy(), out[:n].copy()
+            yield ids[:n], out[:n]
 
     def iter_records(self, after_id: int = 0, chunk_size: int = 1000) -> Iterator[list[Record]]:
         self.refresh()
