@@ -7,10 +7,12 @@ STAMP := $(VENV)/.imgsim-installed
 APT_STAMP := $(VENV)/.imgsim-system
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint app venv system clean-data help
+.PHONY: demo test lint app venv system experiments notebooks help
 
 help:
-	@echo "make demo   - run the default end-to-end job"
+	@echo "make demo   - run the default CIFAR-10 experiment (5,000 database / 1,000 queries)"
+	@echo "make demo FULL=1 - the full CIFAR-10 protocol (50k database / 10k queries)"
+	@echo "make experiments - run experiments/cifar10_models.yaml and cifar10_index.yaml"
 	@echo "make test   - set up .venv and system packages, then run the whole test suite"
 	@echo "make app    - serve the search app as a web page with Voila"
 	@echo "make lint   - ruff"
@@ -37,8 +39,16 @@ test: $(STAMP) $(APT_STAMP)
 	$(PY) -m ruff check imgsim_lab tests scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# make demo          - default CIFAR-10 experiment (5,000 database / 1,000 queries)
+# make demo FULL=1   - full protocol (50,000 database / 10,000 queries)
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(FULL),--full) $(DEMO_ARGS)
+
+experiments: $(STAMP)
+	$(PY) scripts/run_experiments.py experiments/cifar10_models.yaml experiments/cifar10_index.yaml
+
+notebooks: $(STAMP)
+	$(PY) scripts/make_notebooks.py
 
 app: $(STAMP)
 	$(VENV)/bin/imgsim app

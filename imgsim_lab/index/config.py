@@ -38,6 +38,8 @@ class IndexConfig:
     chunk_size: int = 16384             # vectors per chunk when streaming from the store
     autosave: bool = True               # save the snapshot after a (re)build or a catch-up that changed it
     build_threads: int | None = None    # faiss threads while building; None: cores - 1 (reader)
+    search_threads: int | None = 1      # faiss threads for one query (OpenMP fan-out costs more than it
+                                        # saves for a single query on a shared box); None: faiss default
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "exact", "budget"):

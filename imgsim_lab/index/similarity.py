@@ -350,7 +350,14 @@ class SimilarityIndex:
         """
         q = _normalized(query, self.dim)
         excl = self._exclusions(exclude_ids, exclude_sha256)
-        return self._search_one(q, k, excl)
+        if self.config.search_threads is None:
+            return self._search_one(q, k, excl)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.config.search_threads)
+        try:
+            return self._search_one(q, k, excl)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     def _search_one(self, q: np.ndarray, k: int, excl: set[int],
                     first: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hit]:
