@@ -34,6 +34,15 @@ FIXED_SIZE_MODELS = frozenset({"pixels", "color_hist"})
 KS = (1, 5, 10)
 
 
+def checked_params(cls: type, values: dict[str, Any], what: str) -> Any:
+    """``cls(**values)``, rejecting unknown keys (typos in YAML must not pass silently)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} parameters {unknown}; known: {sorted(names)}")
+    return cls(**values)
+
+
 @dataclass
 class BenchmarkParams:
     """Everything one benchmark run depends on (the notebook's ``parameters`` cell)."""
@@ -62,11 +71,7 @@ class BenchmarkParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BenchmarkParams:
         """Build from a dict, rejecting unknown keys (typos in YAML must not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown benchmark parameters {unknown}; known: {sorted(names)}")
-        p = cls(**values)
+        p = checked_params(cls, values, "benchmark")
         if isinstance(p.models, str):
             p.models = [p.models]
         return p

@@ -13,6 +13,7 @@ from typing import Any
 from imgsim_lab.datasets import repo_root
 from imgsim_lab.experiments.benchmark import (
     FIXED_SIZE_MODELS,
+    checked_params,
     environment,
     load_items,
     resolve_data_dir,
@@ -45,11 +46,7 @@ class IngestParams:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> IngestParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown ingest parameters {unknown}; known: {sorted(names)}")
-        return cls(**values)
+        return checked_params(cls, values, "ingest")
 
 
 def run_ingest(params: IngestParams | dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.errors import StoreAuthError, StoreConnectionError, StoreError
 from imgsim_lab.store.redis_store import RETRIES, TRANSIENT, RedisStore, T
 from imgsim_lab.store.resp import pack
-from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, now
+from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_many, now
 from imgsim_lab.store.url import parse_cluster_url
 
 log = logging.getLogger(__name__)
@@ -451,14 +451,7 @@ class RedisClusterStore(RedisStore):
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vals = self._get_all([self.keys.emb(model, int(i)) for i in ids])
-        keep = np.fromiter((v is not None for v in vals), bool, len(vals))
-        out = np.empty((int(keep.sum()), dim), np.float32)
-        row = 0
-        for image_id, v in zip(ids, vals, strict=True):
-            if v is not None:
-                decode_into(out, row, v, dim, model, int(image_id))
-                row += 1
-        return ids[keep].astype(np.int64), out
+        return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
         return np.array(self._get_all([self.keys.emb(model, int(i)) for i in ids], "EXISTS"), bool)

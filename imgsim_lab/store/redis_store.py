@@ -26,7 +26,7 @@ from imgsim_lab.store.errors import (
     StoreError,
 )
 from imgsim_lab.store.resp import pack, run_packed
-from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, now
+from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_many, now
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -318,14 +318,7 @@ class RedisStore(Store):
         if not len(ids):
             return ids.astype(np.int64), np.empty((0, dim), np.float32)
         vals = self._call(self._r.mget, [self.keys.emb(model, int(i)) for i in ids])
-        keep = np.fromiter((v is not None for v in vals), bool, len(vals))
-        out = np.empty((int(keep.sum()), dim), np.float32)
-        row = 0
-        for image_id, v in zip(ids, vals, strict=True):
-            if v is not None:
-                decode_into(out, row, v, dim, model, int(image_id))
-                row += 1
-        return ids[keep], out
+        return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
         if not len(ids):

@@ -27,7 +27,7 @@ from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions
 
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
-from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, now
+from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, decode_many, now
 
 log = logging.getLogger(__name__)
 
@@ -296,14 +296,7 @@ class RocksStore(Store):
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vals = self._db.get([self.keys.emb(model, int(i)).encode() for i in ids])
-        keep = np.fromiter((v is not None for v in vals), bool, len(vals))
-        out = np.empty((int(keep.sum()), dim), np.float32)
-        row = 0
-        for image_id, v in zip(ids, vals, strict=True):
-            if v is not None:
-                decode_into(out, row, v, dim, model, int(image_id))
-                row += 1
-        return ids[keep], out
+        return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
         keys = [self.keys.emb(model, int(i)).encode() for i in ids]

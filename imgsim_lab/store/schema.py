@@ -236,3 +236,15 @@ def decode_into(out: np.ndarray, row: int, data: bytes, dim: int, model: str, im
     if data is None or len(data) != 4 * dim:
         decode_vector(data, dim, model, image_id)  # raises with the message
     out[row] = np.frombuffer(data, dtype=VECTOR_DTYPE)
+
+
+def decode_many(ids: np.ndarray, values: list, dim: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors read for ``ids`` (``None`` where absent): ``(found_ids, vectors)`` in input order."""
+    keep = np.fromiter((v is not None for v in values), bool, len(values))
+    out = np.empty((int(keep.sum()), dim), np.float32)
+    row = 0
+    for image_id, v in zip(ids, values, strict=True):
+        if v is not None:
+            decode_into(out, row, v, dim, model, int(image_id))
+            row += 1
+    return np.asarray(ids, np.int64)[keep], out
