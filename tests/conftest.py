@@ -20,6 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.zip"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Snapshots, logs and uploads of the tests go to a temp dir, not the repository's data/.
+
+    Set for the whole session so subprocesses (CLI, papermill kernels, Voila) inherit it;
+    tests that keep an artifact for people to look at write it under REPO/data explicitly.
+    """
+    if os.environ.get("IMGSIM_DATA_DIR"):
+        yield
+        return
+    os.environ["IMGSIM_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    yield
+    os.environ.pop("IMGSIM_DATA_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
     """A Redis-protocol server: ``$IMGSIM_TEST_REDIS_URL`` (e.g. a real Kvrocks) or our own."""

@@ -135,7 +135,7 @@ def test_concurrent_ingests_of_overlapping_folders_store_each_image_once(tmp_pat
         s.flush()
 
 
-def test_searches_keep_answering_while_an_ingest_runs(tmp_path, redis_url, namespace):
+def test_searches_keep_answering_while_an_ingest_runs(tmp_path, redis_url, namespace, monkeypatch):
     from imgsim_lab.search import Searcher
 
     make_folder(tmp_path / "base", 300)
@@ -147,40 +147,37 @@ def test_searches_keep_answering_while_an_ingest_runs(tmp_path, redis_url, names
     assert subprocess.run(_ingest_cmd(tmp_path / "base", redis_url, "--no-index"), env=env,
                           capture_output=True, timeout=300).returncode == 0
     queries = [image_bytes(5000 + i) for i in range(20)]
-    os.environ["IMGSIM_DATA_DIR"] = str(tmp_path / "data")
-    try:
-        with open_store(redis_url, namespace) as s:
-            searcher = Searcher(s, "pixels")
+    monkeypatch.setenv("IMGSIM_DATA_DIR", str(tmp_path / "data"))
+    with open_store(redis_url, namespace) as s:
+        searcher = Searcher(s, "pixels")
 
-            def timed() -> list[float]:
-                out = []
-                for q in queries:
-                    t0 = time.perf_counter()
-                    res = searcher.search_bytes(q, k=5)
-                    out.append((time.perf_counter() - t0) * 1000)
-                    assert len(res.matches) == 5
-                return out
+        def timed() -> list[float]:
+            out = []
+            for q in queries:
+                t0 = time.perf_counter()
+                res = searcher.search_bytes(q, k=5)
+                out.append((time.perf_counter() - t0) * 1000)
+                assert len(res.matches) == 5
+            return out
 
-            idle = timed() + timed()
-            proc = subprocess.Popen(_ingest_cmd(more, redis_url, "--no-index"), env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            loaded: list[float] = []
-            errors: list[BaseException] = []
-            while proc.poll() is None:
-                try:
-                    loaded += timed()
-                except Exception as exc:  # noqa: BLE001 - counted, must stay empty
-                    errors.append(exc)
-            assert proc.returncode == 0, proc.stderr.read()
-            assert not errors, errors[:3]
-            assert len(loaded) >= 20
-            report = {"idle_p50_ms": statistics.median(idle), "load_p50_ms": statistics.median(loaded),
-                      "idle_p95_ms": float(np.percentile(idle, 95)),
-                      "load_p95_ms": float(np.percentile(loaded, 95)), "searches_under_load": len(loaded)}
-            report["load_over_idle_p50"] = report["load_p50_ms"] / report["idle_p50_ms"]
-            out = REPO / "data" / "reports"
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "search_under_load.json").write_text(json.dumps(report, indent=2))
-            s.flush()
-    finally:
-        os.environ.pop("IMGSIM_DATA_DIR", None)
+        idle = timed() + timed()
+        proc = subprocess.Popen(_ingest_cmd(more, redis_url, "--no-index"), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        loaded: list[float] = []
+        errors: list[BaseException] = []
+        while proc.poll() is None:
+            try:
+                loaded += timed()
+            except Exception as exc:  # noqa: BLE001 - counted, must stay empty
+                errors.append(exc)
+        assert proc.returncode == 0, proc.stderr.read()
+        assert not errors, errors[:3]
+        assert len(loaded) >= 20
+        report = {"idle_p50_ms": statistics.median(idle), "load_p50_ms": statistics.median(loaded),
+                  "idle_p95_ms": float(np.percentile(idle, 95)),
+                  "load_p95_ms": float(np.percentile(loaded, 95)), "searches_under_load": len(loaded)}
+        report["load_over_idle_p50"] = report["load_p50_ms"] / report["idle_p50_ms"]
+        out = REPO / "data" / "reports"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "search_under_load.json").write_text(json.dumps(report, indent=2))
+        s.flush()
