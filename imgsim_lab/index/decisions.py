@@ -79,8 +79,12 @@ def nlist_for(n: int) -> int:
     return int(min(max(nlist, 1), 65536))
 
 
-def nprobe_for(nlist: int, target_fraction: float = 0.03, minimum: int = 16) -> int:
-    """Lists to visit: a few percent of them, at least ``minimum``, at most all."""
+def nprobe_for(nlist: int, target_fraction: float = 0.05, minimum: int = 32) -> int:
+    """Lists to visit: 5 % of them, at least ``minimum``, at most all.
+
+    Real CIFAR-10 embeddings are less clustered than the synthetic set: at 5,000 lite0
+    vectors (64 lists) recall@10 was 0.980 at nprobe 16, 0.993 at 24, 0.997 at 32.
+    """
     return int(min(nlist, max(minimum, math.ceil(nlist * target_fraction))))
 
 

@@ -46,7 +46,7 @@ def test_nlist_is_a_power_of_two_with_enough_training_points(n):
 
 
 def test_nprobe_training_size_and_depths():
-    assert dec.nprobe_for(512) == 16 and dec.nprobe_for(8) == 8 and dec.nprobe_for(4096) == 123
+    assert dec.nprobe_for(512) == 32 and dec.nprobe_for(8) == 8 and dec.nprobe_for(4096) == 205
     assert dec.training_size(100, 4) == 100
     assert dec.training_size(10**6, 1024) == 16 * 1024 and dec.training_size(10**6, 64) == 8192
     assert dec.k_plus(5, 10) == 15 and dec.k_plus(5, 10, 2) == 17
