@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from imgsim_lab.datasets import ImageItem
 from imgsim_lab.images import ImageRejected, Limits, decode, sha256_hex
+from imgsim_lab.iterutil import chunked
 from imgsim_lab.models import EmbeddingModel
 from imgsim_lab.store import NewImage, Store
 
@@ -103,22 +104,11 @@ def _decode(entry: _Entry, data: bytes, models: Sequence[EmbeddingModel], limits
     return entry
 
 
-def _chunks(items: Iterable[ImageItem], n: int) -> Iterator[list[ImageItem]]:
-    chunk: list[ImageItem] = []
-    for it in items:
-        chunk.append(it)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _prepare(items: Iterable[ImageItem], store: Store, models: Sequence[EmbeddingModel],
              limits: Limits, batch_size: int, pool: ThreadPoolExecutor) -> Iterator[_Chunk]:
     """Read, hash, skip known and decode, chunk by chunk."""
     seen: set[str] = set()
-    for items_chunk in _chunks(items, batch_size):
+    for items_chunk in chunked(items, batch_size):
         out = _Chunk([], size=len(items_chunk))
         reads = list(pool.map(lambda it: _try(_read, it, limits), items_chunk))
         fresh: list[tuple[ImageItem, bytes, str]] = []

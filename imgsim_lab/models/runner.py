@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from imgsim_lab.iterutil import chunked
 from imgsim_lab.models.base import EmbeddingModel, default_num_threads, set_thread_limit
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,6 @@ def load_image(src: Source) -> Image.Image:
 
 def _prepare(model: EmbeddingModel, src: Source) -> torch.Tensor:
     return model.preprocess(load_image(src))
-
-
-def _chunks(items: Iterable[tuple[Hashable, Source]], n: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def embed_stream(model: EmbeddingModel, items: Iterable[tuple[Hashable, Source]], *,
@@ -117,7 +107,7 @@ def embed_stream(model: EmbeddingModel, items: Iterable[tuple[Hashable, Source]]
 
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsim-decode")
     try:
-        for chunk in _chunks(items, batch_size):
+        for chunk in chunked(items, batch_size):
             keys = [k for k, _ in chunk]
             pending.append((keys, [ex.submit(_prepare, model, s) for _, s in chunk]))
             if len(pending) > prefetch:
@@ -197,7 +187,7 @@ class ProcessEmbedder:
                    disable=not progress)
         pending: deque = deque()
         try:
-            for chunk in _chunks(items, batch_size):
+            for chunk in chunked(items, batch_size):
                 pending.append(self._pool.apply_async(_proc_embed, (chunk, on_error)))
                 if len(pending) >= self.processes + prefetch:
                     yield self._done(pending.popleft().get(), bar)

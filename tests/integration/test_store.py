@@ -245,10 +245,14 @@ def test_second_writer_waits_then_names_the_holder(tmp_path):
     open_store(url, "ns", lock_timeout=5).close()
 
 
-def test_clear_error_when_server_is_down():
+@pytest.mark.parametrize("template", [
+    "redis://bob:hunter2@127.0.0.1:{p1}/0",
+    pytest.param("redis+cluster://bob:hunter2@127.0.0.1:{p1},127.0.0.1:{p2}", marks=pytest.mark.cluster),
+])
+def test_clear_error_when_server_is_down(template):
     from servers import free_port
 
-    url = f"redis://bob:hunter2@127.0.0.1:{free_port()}/0"
+    url = template.format(p1=free_port(), p2=free_port())
     t0 = time.monotonic()
     with pytest.raises(StoreConnectionError) as exc:
         open_store(url)
