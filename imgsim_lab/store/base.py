@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ class Store(ABC):
         claim and embeddings is written as a unit.
         """
         self._check_writable()
+        self.epoch()  # the first write of a namespace gives it its identity
         encoded = [self._encode(item) for item in items]
         check_finite(encoded)
         batches = [encoded[s : s + WRITE_BATCH] for s in range(0, len(encoded), WRITE_BATCH)]
@@ -169,6 +171,19 @@ class Store(ABC):
         """Remove every key of this namespace (only); returns the number removed."""
 
     # -------------------------------------------------------------------- reads
+    def epoch(self) -> str | None:
+        """The namespace's identity: a random token set by its first writer, gone after a flush.
+
+        Index snapshots record it: another token means the namespace was flushed and
+        written again since. A writer creates it when missing; read-only and none yet: ``None``.
+        """
+        key = self.keys.epoch
+        value = self.raw_get([key])[0]
+        if value is None and not self.read_only:
+            self.raw_set(key, secrets.token_hex(16))
+            value = self.raw_get([key])[0]  # a concurrent first writer may have won: read back
+        return None if value is None else bytes(value).decode("ascii", "replace")
+
     @abstractmethod
     def count(self) -> int:
         """Number of image records (our own counter, not DBSIZE)."""

@@ -6,6 +6,7 @@ one Redis Cluster slot)::
 
     <ns>:seq                      last id handed out (the id watermark)
     <ns>:count                    number of image records (kept by us: Kvrocks' DBSIZE is not live)
+    <ns>:epoch                    random token naming this incarnation of the namespace (new after a flush)
     <ns>:img:{<id12>}             the record: id, sha256, source, width, height, label, added
     <ns>:sha:<sha256>             -> id, claimed once (SETNX semantics)
     <ns>:emb:<model>:{<id12>}     embedding, raw little-endian float32, len == 4 * dim
@@ -69,6 +70,10 @@ class Keys:
     @property
     def count(self) -> str:
         return f"{self.ns}:count"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.ns}:epoch"
 
     @property
     def models(self) -> str:
