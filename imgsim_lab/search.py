@@ -9,6 +9,7 @@ results (neither its id nor its sha256).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -57,7 +58,11 @@ class QueryResult:
 
 
 class Searcher:
-    """Search by image bytes, by vector or by stored id, against one model's index."""
+    """Search by image bytes, by vector or by stored id, against one model's index.
+
+    Safe to share between threads: the index is created once, and a search never waits
+    for another thread's catch-up or rebuild (it searches the state served meanwhile).
+    """
 
     def __init__(self, store: Store, model: EmbeddingModel | str, size: int | None = None,
                  index_config: IndexConfig | None = None, limits: Limits | None = None) -> None:
@@ -66,12 +71,15 @@ class Searcher:
         self.limits = limits or Limits()
         self.index_config = index_config
         self._index: SimilarityIndex | None = None
+        self._index_lock = threading.Lock()
 
     @property
     def index(self) -> SimilarityIndex:
         """The model's index, loaded (or built) on first use and kept in sync with the store."""
         if self._index is None:
-            self._index = SimilarityIndex(self.store, self.model.key, config=self.index_config)
+            with self._index_lock:
+                if self._index is None:
+                    self._index = SimilarityIndex(self.store, self.model.key, config=self.index_config)
         return self._index
 
     def embed(self, data: bytes) -> tuple[np.ndarray, ImageInfo]:
@@ -123,7 +131,7 @@ class Searcher:
     def search_vector(self, vec: np.ndarray, k: int = 5, exclude_ids=(),
                       exclude_sha256: str | None = None) -> list[Match]:
         """Top-k stored images by cosine similarity, with their records."""
-        self.index.sync()
+        self.index.sync(wait=False)  # another thread updating: search what it serves meanwhile
         hits = self.index.search(np.asarray(vec, np.float32), k=k, exclude_ids=exclude_ids,
                                  exclude_sha256=exclude_sha256)
         records = self.store.get_records([h.id for h in hits])

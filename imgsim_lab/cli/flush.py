@@ -7,6 +7,7 @@ import logging
 import sys
 
 from imgsim_lab.cli._common import add_store_args
+from imgsim_lab.index.snapshot import remove_namespace
 from imgsim_lab.store import open_store
 
 NAME = "flush"
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
                 print("not flushed")
                 return 1
         removed = store.flush()
+        remove_namespace(store)  # its index snapshots describe what was just removed
     log.info("flushed %s: %d keys removed", what, removed)
     print(f"removed {removed} keys from {what}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 
@@ -11,6 +13,7 @@ class HotSet:
     Frequencies are counted for every id a query returns, cached or not; an id is
     admitted when its count beats the least frequent cached id. Counts of uncached
     ids are halved when the table grows past ``2 x capacity + 1024`` (ageing).
+    Safe for concurrent use: every method holds the set's own lock.
     """
 
     def __init__(self, capacity: int, dim: int) -> None:
@@ -23,9 +26,14 @@ class HotSet:
         self._freq: dict[int, int] = {}
         self.lookups = 0
         self.hits = 0
+        self._lock = threading.Lock()
 
     def resized(self, capacity: int) -> HotSet:
         """A copy with another capacity, keeping the most frequent cached vectors and the counts."""
+        with self._lock:
+            return self._resized(capacity)
+
+    def _resized(self, capacity: int) -> HotSet:
         new = HotSet(capacity, self.dim)
         used = len(self._slot)
         keep = np.argsort(-self._slot_freq[:used], kind="stable")[: new.capacity]
@@ -40,7 +48,8 @@ class HotSet:
         return new
 
     def __len__(self) -> int:
-        return len(self._slot)
+        with self._lock:
+            return len(self._slot)
 
     @property
     def nbytes(self) -> int:
@@ -49,10 +58,15 @@ class HotSet:
 
     @property
     def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
+        with self._lock:
+            return self.hits / self.lookups if self.lookups else 0.0
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(mask of cached ids, their vectors in order)``; counts lookups and hits."""
+        """``(mask of cached ids, copies of their vectors in order)``; counts lookups and hits."""
+        with self._lock:
+            return self._lookup(ids)
+
+    def _lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = np.fromiter((int(i) in self._slot for i in ids), bool, len(ids)) if self._slot else \
             np.zeros(len(ids), bool)
         self.lookups += len(ids)
@@ -61,12 +75,16 @@ class HotSet:
         if not nh:
             return mask, np.empty((0, self.dim), np.float32)
         slots = [self._slot[int(i)] for i in ids[mask]]
-        return mask, self._vecs[slots]
+        return mask, self._vecs[slots]  # fancy indexing copies: later evictions cannot change it
 
     def record(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Count a hit for each id (its vector given) and admit frequent ones."""
         if self.capacity == 0:
             return
+        with self._lock:
+            self._record(ids, vectors)
+
+    def _record(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         for i, v in zip(ids.tolist(), vectors, strict=True):
             f = self._freq.get(i, 0) + 1
             self._freq[i] = f
@@ -94,6 +112,10 @@ class HotSet:
 
     def discard(self, ids: np.ndarray) -> None:
         """Forget removed ids."""
+        with self._lock:
+            self._discard(ids)
+
+    def _discard(self, ids: np.ndarray) -> None:
         for i in np.asarray(ids).tolist():
             self._freq.pop(i, None)
             s = self._slot.pop(i, None)

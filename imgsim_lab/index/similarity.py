@@ -1,27 +1,59 @@
-"""`SimilarityIndex`: a memory-budgeted FAISS index over one model's vectors in the store."""
+"""`SimilarityIndex`: a memory-budgeted FAISS index over one model's vectors in the store.
+
+Concurrency: what a search reads is one :class:`IndexState` (faiss index, ids, mode,
+factory, watermark, epoch, hot set). A rebuild builds a new state aside and swaps it
+in with one assignment, so a failed rebuild leaves the old state serving. Catch-up,
+:meth:`SimilarityIndex.add` and :meth:`SimilarityIndex.remove` change the current
+faiss index in place under the write side of a reader-writer lock, whose read side
+every faiss search holds. One update (sync, rebuild, add, remove, save) runs at a time.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
-from imgsim_lab.index import builders, decisions
+from imgsim_lab.index import builders, decisions, plan
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.config import Hit, IndexConfig
 from imgsim_lab.index.hotset import HotSet
+from imgsim_lab.index.plan import IndexFacts, Step, StoreFacts
+from imgsim_lab.index.rwlock import RWLock
 from imgsim_lab.store import Store
 
 log = logging.getLogger(__name__)
 
 #: Budget mode needs this many vectors to train PCA and IVF; fewer are indexed exactly.
-MIN_BUDGET_N = 64
+MIN_BUDGET_N = plan.MIN_BUDGET_N
+EXACT_FACTORY = "IDMap2,Flat"
+
+_threads_lock = threading.Lock()
+_threads: list[int] = []
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Set faiss' OpenMP threads once per process (the setting is process-wide); returns it.
+
+    The first call decides (``n``, else cores - 1: a store reader thread needs a core);
+    later calls keep that value, so no search or rebuild ever toggles it.
+    """
+    with _threads_lock:
+        if not _threads:
+            want = int(n or max(1, (os.cpu_count() or 2) - 1))
+            faiss.omp_set_num_threads(want)
+            _threads.append(want)
+            log.debug("faiss uses %d OpenMP threads in this process", want)
+        return _threads[0]
 
 
 def _normalized(x: np.ndarray, dim: int) -> np.ndarray:
@@ -32,11 +64,39 @@ def _normalized(x: np.ndarray, dim: int) -> np.ndarray:
     return x
 
 
+@dataclass(frozen=True)
+class IndexState:
+    """Everything a search reads, replaced as a whole.
+
+    Only :class:`SimilarityIndex` changes ``index`` in place (incremental add/remove,
+    under its write lock), and then publishes a new state with the matching ids.
+    """
+
+    index: faiss.Index
+    ids: np.ndarray          # sorted ids held by the index
+    mode: str                # "exact" | "budget"
+    factory: str
+    watermark: int           # every store id <= this was considered
+    trained_n: int           # vectors at the last (re)build
+    epoch: str | None        # the store epoch it was built from
+    hot: HotSet
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+
+def _empty_state(dim: int) -> IndexState:
+    return IndexState(builders.new_exact(dim), np.empty(0, np.int64), "exact", EXACT_FACTORY, 0, 0, None,
+                      HotSet(0, dim))
+
+
 class SimilarityIndex:
     """Cosine k-NN over the store's vectors of ``model_key``, exact or memory-budgeted.
 
     On creation it loads its snapshot (or builds from the store) and catches up with
-    what the store gained or lost since. See ``docs/index.md`` for the design.
+    what the store gained or lost since. Safe to search from many threads while one
+    of them syncs. See ``docs/index.md`` for the design.
     """
 
     def __init__(self, store: Store, model_key: str, config: IndexConfig | None = None) -> None:
@@ -45,43 +105,91 @@ class SimilarityIndex:
         self.config = config or IndexConfig()
         self.dim = store.model_dim(model_key)
         self.directory = Path(self.config.snapshot_dir) if self.config.snapshot_dir else \
-            snap.default_dir(self._store_identity(), store.namespace, model_key)
-        self.index: faiss.Index = builders.new_exact(self.dim)
-        self.mode = "exact"
-        self.factory = "IDMap2,Flat"
-        self.watermark = 0
-        self.trained_n = 0
-        self._ids = np.empty(0, np.int64)  # sorted ids held by the index
-        self.hot = HotSet(0, self.dim)
+            snap.default_dir(snap.store_identity(store), store.namespace, model_key)
+        configure_threads(self.config.build_threads)
+        self._rw = RWLock()                # read: a faiss search; write: an in-place index change
+        self._update = threading.RLock()   # one update at a time
+        self._state = _empty_state(self.dim)
         self.last_rebuild_s = 0.0
         self.last_rebuild_timings: dict[str, float] = {}
         self._dirty = False
-        self._last: tuple[np.ndarray, np.ndarray] | None = None  # last re-rank's ids and vectors
-        if not self._load():
-            self.rebuild()
-        self.sync()
-        if self._dirty and self.config.autosave:
-            self.save()
+        with self._update:
+            if not self._load():
+                self.rebuild()
+            self.sync()
+            if self._dirty and self.config.autosave:
+                self.save()
 
     # ------------------------------------------------------------------ state
-    def _store_identity(self) -> str:
-        path = getattr(self.store, "path", None)
-        if self.store.backend == "rocksdb" and path:
-            return f"rocksdb:{Path(path).resolve()}"
-        return self.store.url
+    @property
+    def state(self) -> IndexState:
+        """The state searches read now (replaced, never half-changed, by updates)."""
+        return self._state
+
+    @property
+    def index(self) -> faiss.Index:
+        return self._state.index
+
+    @property
+    def mode(self) -> str:
+        return self._state.mode
+
+    @property
+    def factory(self) -> str:
+        return self._state.factory
+
+    @property
+    def watermark(self) -> int:
+        return self._state.watermark
+
+    @property
+    def trained_n(self) -> int:
+        return self._state.trained_n
+
+    @property
+    def hot(self) -> HotSet:
+        return self._state.hot
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return self._state.ntotal
+
+    @property
+    def index_bytes(self) -> int:
+        return self._index_bytes(self._state)
+
+    def _index_bytes(self, st: IndexState) -> int:
+        return builders.index_bytes(st.index, st.mode, st.factory, st.ntotal, self.dim)
 
     def _budget(self, n: int) -> int:
         return decisions.resolve_budget(self.config.memory_budget, n, self.dim)
 
-    def _manifest(self) -> snap.Manifest:
-        return snap.Manifest(model=self.model, dim=self.dim, mode=self.mode, factory=self.factory,
-                             watermark=self.watermark, count=self.ntotal, trained_n=self.trained_n,
-                             store_url=self._store_identity(), namespace=self.store.namespace,
-                             config=self.config.fingerprint())
+    def _hot_capacity(self, st: IndexState) -> int:
+        if st.mode != "budget":
+            return 0
+        return decisions.hot_capacity(self._budget(st.ntotal), self._index_bytes(st) + st.ids.nbytes,
+                                      self.dim, self.config.hot_fraction)
+
+    def _facts(self, st: IndexState) -> IndexFacts:
+        return IndexFacts(st.epoch, st.watermark, st.ntotal, st.mode, st.trained_n, st.hot.capacity)
+
+    def _store_watermark(self) -> int:
+        """The store's id watermark: ids up to it are listed (the one place sync asks for it)."""
+        return self.store.last_id()
+
+    def _model_count(self) -> int:
+        info = self.store.model_info().get(self.model)
+        return 0 if info is None else info.count
+
+    def _publish(self, st: IndexState) -> None:
+        self._state = st  # one assignment: searches see the old state or the new one
+
+    def _manifest(self, st: IndexState) -> snap.Manifest:
+        return snap.Manifest(model=self.model, dim=self.dim, mode=st.mode, factory=st.factory,
+                             watermark=st.watermark, count=st.ntotal, trained_n=st.trained_n,
+                             store_url=snap.store_identity(self.store), namespace=self.store.namespace,
+                             config=self.config.fingerprint(), epoch=st.epoch,
+                             sample=snap.sample_digests(self.store, self.model, st.ids))
 
     def _load(self) -> bool:
         try:
@@ -93,8 +201,16 @@ class SimilarityIndex:
                 problems.append(f"built with other settings {m.config}")
             if m.count != index.ntotal:
                 problems.append(f"manifest count {m.count} != index ntotal {index.ntotal}")
-            if m.watermark > self.store.last_id():
-                problems.append(f"watermark {m.watermark} is ahead of the store ({self.store.last_id()})")
+            self.store.refresh()
+            epoch = self.store.epoch()
+            if m.epoch != epoch:
+                problems.append(f"built from namespace epoch {m.epoch}, which is now {epoch} "
+                                "(flushed and written again since)")
+            upto = self._store_watermark()
+            if m.watermark > upto:
+                problems.append(f"watermark {m.watermark} is ahead of the store ({upto})")
+            if not problems and (bad := snap.check_sample(self.store, self.model, m.sample)):
+                problems.append(bad)
             if problems:
                 raise snap.SnapshotError("stale snapshot: " + "; ".join(problems))
         except snap.SnapshotError as exc:
@@ -102,64 +218,58 @@ class SimilarityIndex:
             log.log(level, "index %s/%s: %s; rebuilding from the store", self.store.namespace,
                     self.model, exc)
             return False
-        self.index, self.mode, self.factory = index, m.mode, m.factory
-        self.watermark, self.trained_n = m.watermark, m.trained_n
-        self._ids = builders.index_ids(index)
-        self._setup_search()
+        self._setup_search(index)
+        st = IndexState(index, builders.index_ids(index), m.mode, m.factory, m.watermark, m.trained_n,
+                        m.epoch, HotSet(0, self.dim))
+        self._publish(replace(st, hot=HotSet(self._hot_capacity(st), self.dim)))
         log.info("index %s/%s: loaded snapshot (%s, %d vectors, watermark %d)", self.store.namespace,
-                 self.model, self.factory, self.ntotal, self.watermark)
+                 self.model, m.factory, index.ntotal, m.watermark)
         return True
 
     def save(self) -> None:
-        """Write the snapshot atomically (index file + manifest with its sha256)."""
-        t = time.perf_counter()
-        snap.save(self.directory, self.index, self._manifest())
-        self._dirty = False
+        """Write the snapshot atomically (index file + manifest with its sha256 and vector sample)."""
+        with self._update:  # no in-place change while faiss writes the file
+            t = time.perf_counter()
+            st = self._state
+            snap.save(self.directory, st.index, self._manifest(st))
+            self._dirty = False
         log.info("index %s/%s: saved snapshot to %s in %.2fs", self.store.namespace, self.model,
                  self.directory, time.perf_counter() - t)
 
-    def _setup_search(self) -> None:
-        ivf = builders.ivf_of(self.index)
+    def _setup_search(self, index: faiss.Index) -> None:
+        """Search parameters of a new index, set before it is published."""
+        ivf = builders.ivf_of(index)
         if ivf is not None:
             ivf.nprobe = self.config.nprobe or decisions.nprobe_for(ivf.nlist)
             ivf.parallel_mode = 0
-        self._resize_hot()
-
-    def _resize_hot(self) -> None:
-        if self.mode != "budget":
-            self.hot = HotSet(0, self.dim)
-            return
-        budget = self._budget(self.ntotal)
-        cap = decisions.hot_capacity(budget, self.index_bytes + self._ids.nbytes, self.dim,
-                                     self.config.hot_fraction)
-        if cap != self.hot.capacity:
-            self.hot = self.hot.resized(cap)
-
-    @property
-    def index_bytes(self) -> int:
-        return builders.index_bytes(self.index, self.mode, self.factory, self.ntotal, self.dim)
 
     # ---------------------------------------------------------------- building
     def rebuild(self) -> None:
-        """Rebuild from the store: choose the mode, train on a sample (budget), add in chunks."""
+        """Rebuild from the store aside, then swap it in; on error the old state keeps serving."""
+        with self._update:
+            st = self._build()
+            self._publish(st)
+            self._dirty = True
+            if self.config.autosave:
+                self.save()
+
+    def _build(self) -> IndexState:
+        """A new state from the store: choose the mode, train on a sample (budget), add in chunks."""
         t0 = time.perf_counter()
-        threads = faiss.omp_get_max_threads()
-        # the reader thread needs a core: faiss gets the rest (OpenMP barriers stall when oversubscribed)
-        faiss.omp_set_num_threads(self.config.build_threads or max(1, (os.cpu_count() or 2) - 1))
         chunks: builders.Prefetch | None = None
         timings: dict[str, float] = {}
         try:
             self.store.refresh()
-            upto = self.store.last_id()
+            epoch = self.store.epoch()
+            upto = self._store_watermark()
             n = self._model_count()
             budget = self._budget(n)
-            self.mode = decisions.choose_mode(n, self.dim, budget, self.config.mode)
-            if self.mode == "budget" and n < MIN_BUDGET_N:
+            mode = plan.target_mode(n, self.dim, budget, self.config.mode)
+            if mode != decisions.choose_mode(n, self.dim, budget, self.config.mode):
                 log.info("index %s/%s: %d vectors are too few to train a compressed index; exact "
                          "until there are %d", self.store.namespace, self.model, n, MIN_BUDGET_N)
-                self.mode = "exact"
-            if self.mode == "exact":
-                self.factory = "IDMap2,Flat"
+            if mode == "exact":
+                factory = EXACT_FACTORY
                 index = builders.new_exact(self.dim)
                 chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, self.config.chunk_size))
             else:
@@ -170,90 +280,121 @@ class SimilarityIndex:
                 timings["sample"] = time.perf_counter() - t0
                 if len(sample) < nlist:
                     nlist = max(1, len(sample) // decisions.MIN_POINTS_PER_CENTROID)
-                self.factory = decisions.budget_factory(n, self.dim, index_budget, nlist,
-                                                        self.config.max_pca_dim)
+                factory = decisions.budget_factory(n, self.dim, index_budget, nlist, self.config.max_pca_dim)
                 # start reading now: the first chunks arrive while the index trains
                 chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, self.config.chunk_size))
-                index = builders.new_budget(self.dim, self.factory, sample, self.config.kmeans_iter)
+                index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
                 timings["train"] = time.perf_counter() - t0 - timings["sample"]
             ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}")
         finally:
-            faiss.omp_set_num_threads(threads)
             if chunks is not None:
                 chunks.close()
-        self.index, self.watermark, self.trained_n = index, upto, len(ids)
-        self._ids = np.sort(ids)
-        self._setup_search()
+        self._setup_search(index)
+        st = IndexState(index, np.sort(ids), mode, factory, upto, len(ids), epoch, HotSet(0, self.dim))
+        old = self._state
+        cap = self._hot_capacity(st)
+        # the hot set's vectors stay valid while the namespace does (ids are never reused within it)
+        hot = old.hot.resized(cap) if old.epoch == epoch and old.hot.capacity else HotSet(cap, self.dim)
         self.last_rebuild_s = time.perf_counter() - t0
-        self._dirty = True
         self.last_rebuild_timings = {**timings, "total": self.last_rebuild_s}
         log.info("index %s/%s: built %s over %d vectors in %.2fs (%.0f vectors/s; %s; budget %d bytes)",
-                 self.store.namespace, self.model, self.factory, len(ids), self.last_rebuild_s,
+                 self.store.namespace, self.model, factory, len(ids), self.last_rebuild_s,
                  len(ids) / max(self.last_rebuild_s, 1e-9),
                  ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()) or "no training", budget)
-        if self.config.autosave:
-            self.save()
-
-    def _model_count(self) -> int:
-        info = self.store.model_info().get(self.model)
-        return 0 if info is None else info.count
+        return replace(st, hot=hot)
 
     # ----------------------------------------------------------------- syncing
-    def sync(self) -> int:
+    def sync(self, wait: bool = True) -> int:
         """Catch up with the store: add ids past the watermark, drop deleted ones.
 
-        Returns the number of vectors added. Rebuilds when the collection outgrew the
-        trained index or the mode no longer fits the budget.
+        Returns the number of vectors added. Rebuilds when the namespace was flushed,
+        the collection outgrew the trained index or the mode no longer fits the budget.
+        With ``wait=False`` it returns 0 at once when another thread is updating.
         """
+        if not self._update.acquire(blocking=wait):
+            return 0
+        try:
+            return self._sync()
+        finally:
+            self._update.release()
+
+    def _sync(self) -> int:
         added = 0
+        count: int | None = None
         for _ in range(5):
             self.store.refresh()
-            upto = self.store.last_id()
-            if upto > self.watermark:
-                chunks = self.store.iter_embeddings(self.model, self.watermark, self.config.chunk_size)
-                ids = builders.stream_into(self.index, chunks, upto, desc=f"catch-up {self.model}",
-                                           skip=self._ids)  # ids given to add() already
-                added += len(ids)
-                self._ids = np.union1d(self._ids, ids)
-                self.watermark = upto
+            now = StoreFacts(self.store.epoch(), self._store_watermark(), None)
+            step = plan.plan_catch_up(self._facts(self._state), now)
+            if step.step is Step.REBUILD:
+                log.warning("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
+                self.rebuild()
+                return added
+            if step.step is Step.CATCH_UP:
+                added += self._catch_up(now.watermark)
             count = self._model_count()
-            if self.store.last_id() == upto:
+            if self._store_watermark() == now.watermark:
                 break
         else:  # a writer kept adding: the count is not comparable now, check next time
             log.debug("index %s/%s: store still growing; deletion check deferred",
                       self.store.namespace, self.model)
-            count = self.ntotal
+            count = None
         if added:
             log.info("index %s/%s: caught up with %d new vectors (watermark %d)",
-                     self.store.namespace, self.model, added, self.watermark)
+                     self.store.namespace, self.model, added, self._state.watermark)
             self._dirty = True
-        if self.ntotal > count:
-            self._drop_deleted()
-        elif self.ntotal < count:
-            log.warning("index %s/%s holds %d vectors but the store %d (embeddings added to old "
-                        "images); rebuilding", self.store.namespace, self.model, self.ntotal, count)
-            self.rebuild()
-            return added
-        n = self.ntotal
-        wanted = decisions.choose_mode(n, self.dim, self._budget(n), self.config.mode)
-        if wanted == "budget" and n < MIN_BUDGET_N:
-            wanted = "exact"
-        if wanted != self.mode:
-            log.info("index %s/%s: %d vectors call for %s mode; rebuilding", self.store.namespace,
-                     self.model, n, wanted)
-            self.rebuild()
-        elif self.mode == "budget" and decisions.needs_retrain(n, self.trained_n, self.config.retrain_growth):
-            log.info("index %s/%s: grew from %d to %d vectors since training; retraining",
-                     self.store.namespace, self.model, self.trained_n, n)
-            self.rebuild()
-        else:
-            self._resize_hot()
+        for _ in range(3):
+            st = self._state
+            wanted = plan.target_mode(st.ntotal, self.dim, self._budget(st.ntotal), self.config.mode)
+            step = plan.plan_reshape(self._facts(st), count, wanted, self.config.retrain_growth,
+                                     self._hot_capacity(st))
+            if step.step is Step.DROP_DELETED:
+                self._drop_deleted()
+                if self._state.ntotal > count:  # none found gone: the count moved meanwhile
+                    count = None
+                continue
+            if step.step is Step.REBUILD:
+                log.info("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
+                self.rebuild()
+            elif step.step is Step.RESIZE_HOT:
+                self._publish(replace(st, hot=st.hot.resized(self._hot_capacity(st))))
+            break
+        return added
+
+    def _catch_up(self, upto: int) -> int:
+        """Add the vectors with watermark < id <= ``upto``; the watermark moves chunk by chunk.
+
+        A store error part-way leaves a consistent state (ids and watermark match what
+        was added), so the next sync continues where this one stopped.
+        """
+        st = self._state
+        added = 0
+        start = st.watermark
+        todo = upto - start
+        with tqdm(total=todo, desc=f"catch-up {self.model}", unit="id", leave=False,
+                  disable=todo < 65536) as bar:
+            for ids, vecs in self.store.iter_embeddings(self.model, st.watermark, self.config.chunk_size):
+                keep = ids <= upto
+                last = upto if not keep.all() else int(ids[-1])
+                keep &= ~np.isin(ids, st.ids)  # given to add() already
+                new_ids, new_vecs = ids[keep], np.ascontiguousarray(vecs[keep])
+                with self._rw.write():
+                    if len(new_ids):
+                        st.index.add_with_ids(new_vecs, new_ids)
+                    st = replace(st, ids=np.union1d(st.ids, new_ids) if len(new_ids) else st.ids,
+                                 watermark=max(st.watermark, last))
+                    self._publish(st)
+                added += len(new_ids)
+                bar.update(last - start - bar.n)
+                if last >= upto:
+                    break
+        self._publish(replace(self._state, watermark=max(self._state.watermark, upto)))
         return added
 
     def _drop_deleted(self) -> None:
-        present = np.concatenate([self.store.has_embeddings(self.model, self._ids[s : s + 10000])
-                                  for s in range(0, len(self._ids), 10000)] or [np.zeros(0, bool)])
-        gone = self._ids[~present]
+        ids = self._state.ids
+        present = np.concatenate([self.store.has_embeddings(self.model, ids[s : s + 10000])
+                                  for s in range(0, len(ids), 10000)] or [np.zeros(0, bool)])
+        gone = ids[~present]
         if len(gone):
             log.info("index %s/%s: %d vectors were deleted from the store", self.store.namespace,
                      self.model, len(gone))
@@ -268,24 +409,32 @@ class SimilarityIndex:
             raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
         ids, first = np.unique(ids, return_index=True)
         x = x[first]
-        old = ids[np.isin(ids, self._ids)]
-        if len(old):
-            self.index.remove_ids(faiss.IDSelectorBatch(old))
-        self.index.add_with_ids(x, ids)
-        self._ids = np.union1d(self._ids, ids)
-        self._dirty = True
+        with self._update:
+            st = self._state
+            old = ids[np.isin(ids, st.ids)]
+            with self._rw.write():
+                if len(old):
+                    st.index.remove_ids(faiss.IDSelectorBatch(old))
+                st.index.add_with_ids(x, ids)
+                self._publish(replace(st, ids=np.union1d(st.ids, ids)))
+            if len(old):
+                st.hot.discard(old)  # replaced: the cached vector is stale
+            self._dirty = True
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove ids from the index (not from the store); returns how many were held."""
         ids = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, np.int64))
-        held = ids[np.isin(ids, self._ids)]
-        if not len(held):
-            return 0
-        removed = int(self.index.remove_ids(faiss.IDSelectorBatch(held)))
-        self._ids = np.setdiff1d(self._ids, held, assume_unique=True)
-        self.hot.discard(held)
-        self._dirty = True
-        return removed
+        with self._update:
+            st = self._state
+            held = ids[np.isin(ids, st.ids)]
+            if not len(held):
+                return 0
+            with self._rw.write():
+                removed = int(st.index.remove_ids(faiss.IDSelectorBatch(held)))
+                self._publish(replace(st, ids=np.setdiff1d(st.ids, held, assume_unique=True)))
+            st.hot.discard(held)
+            self._dirty = True
+            return removed
 
     # -------------------------------------------------------------- searching
     def _exclusions(self, exclude_ids: Iterable[int], exclude_sha256: str | None) -> set[int]:
@@ -312,10 +461,10 @@ class SimilarityIndex:
                 break
         return hits
 
-    def _rerank(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rerank(self, st: IndexState, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full vectors of the candidates: hot ones from RAM, the rest in one store read."""
         cand = np.unique(cand[cand >= 0])
-        mask, hot_vecs = self.hot.lookup(cand)
+        mask, hot_vecs = st.hot.lookup(cand)
         cold = cand[~mask]
         found, cold_vecs = self.store.get_embeddings(self.model, cold) if len(cold) else \
             (cold, np.empty((0, self.dim), np.float32))
@@ -323,23 +472,28 @@ class SimilarityIndex:
         vecs = np.concatenate([hot_vecs, cold_vecs]) if len(hot_vecs) else cold_vecs
         return ids, vecs
 
-    def _probe(self, round_: int) -> tuple[int, int]:
+    def _probe(self, st: IndexState, round_: int) -> tuple[int, int]:
         """``(nprobe, nlist)`` for a widening round."""
-        ivf = builders.ivf_of(self.index)
+        ivf = builders.ivf_of(st.index)
         base = self.config.nprobe or decisions.nprobe_for(ivf.nlist)
         return min(ivf.nlist, base * 4 ** round_), ivf.nlist
 
-    def _depth(self, k_fetch: int) -> int:
+    def _depth(self, st: IndexState, k_fetch: int) -> int:
         depth = decisions.rerank_depth(k_fetch, self.config.rerank_factor, self.config.rerank_min)
-        return min(depth, max(self.ntotal, 1))
+        return min(depth, max(st.ntotal, 1))
 
-    def _budget_candidates(self, q: np.ndarray, k_fetch: int, round_: int) -> tuple[np.ndarray, np.ndarray]:
-        depth = self._depth(k_fetch)
-        params = faiss.SearchParametersIVF(nprobe=self._probe(round_)[0])
-        if isinstance(self.index, faiss.IndexPreTransform):
+    def _exact_candidates(self, st: IndexState, q: np.ndarray, k_fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._rw.read():
+            return st.index.search(q, k_fetch)
+
+    def _budget_candidates(self, st: IndexState, q: np.ndarray, k_fetch: int,
+                           round_: int) -> tuple[np.ndarray, np.ndarray]:
+        depth = self._depth(st, k_fetch)
+        params = faiss.SearchParametersIVF(nprobe=self._probe(st, round_)[0])
+        if isinstance(st.index, faiss.IndexPreTransform):
             params = faiss.SearchParametersPreTransform(index_params=params)
-        d, c = self.index.search(q, depth, params=params)
-        return d, c
+        with self._rw.read():
+            return st.index.search(q, depth, params=params)
 
     def search(self, query: np.ndarray, k: int = 5, exclude_ids: Iterable[int] = (),
                exclude_sha256: str | None = None) -> list[Hit]:
@@ -350,62 +504,50 @@ class SimilarityIndex:
         """
         q = _normalized(query, self.dim)
         excl = self._exclusions(exclude_ids, exclude_sha256)
-        if self.config.search_threads is None:
-            return self._search_one(q, k, excl)
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self.config.search_threads)
-        try:
-            return self._search_one(q, k, excl)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        return self._search_one(self._state, q, k, excl)
 
-    def _search_one(self, q: np.ndarray, k: int, excl: set[int],
+    def _search_one(self, st: IndexState, q: np.ndarray, k: int, excl: set[int],
                     first: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hit]:
         if k <= 0:
             return []
         k_fetch = decisions.k_plus(k, self.config.k_margin, len(excl))
-        n = self.ntotal
+        n = st.ntotal
         rounds = 0
         while n:
             k_fetch = min(k_fetch, n)
-            if self.mode == "exact":
-                d, c = first if first is not None else self.index.search(q, k_fetch)
+            last: tuple[np.ndarray, np.ndarray] | None = None
+            if st.mode == "exact":
+                d, c = first if first is not None else self._exact_candidates(st, q, k_fetch)
                 ids, scores = c[0], d[0]
                 exhausted = k_fetch >= n
             else:
-                d, c = first if first is not None else self._budget_candidates(q, k_fetch, rounds)
-                ids, scores = self._rescore(q, c[0], d[0])
-                nprobe, nlist = self._probe(rounds)
-                exhausted = self._depth(k_fetch) >= n and nprobe >= nlist  # saw every vector
+                d, c = first if first is not None else self._budget_candidates(st, q, k_fetch, rounds)
+                ids, scores = c[0], d[0]
+                if self.config.rerank:  # exact cosines from full vectors
+                    ids, vecs = self._rerank(st, ids)
+                    scores, last = vecs @ q[0], (ids, vecs)
+                nprobe, nlist = self._probe(st, rounds)
+                exhausted = self._depth(st, k_fetch) >= n and nprobe >= nlist  # saw every vector
             first = None
             hits = self._filter(ids, scores, excl, k)
             if len(hits) >= k or exhausted:
-                return self._record(hits)
-            if self.mode == "budget" and rounds >= self.config.max_widen_rounds:
+                return self._record(st, hits, last)
+            if st.mode == "budget" and rounds >= self.config.max_widen_rounds:
                 break
             rounds += 1
             k_fetch = decisions.widen(k_fetch, n)
             log.debug("only %d of %d hits survived filtering; widening to %d", len(hits), k, k_fetch)
         return self._scan_store(q, k, excl)
 
-    def _rescore(self, q: np.ndarray, cand: np.ndarray, approx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.config.rerank:
-            self._last = None
-            return cand, approx
-        ids, vecs = self._rerank(cand)
-        self._last = (ids, vecs)
-        return ids, vecs @ q[0]
-
-    def _record(self, hits: list[Hit]) -> list[Hit]:
+    def _record(self, st: IndexState, hits: list[Hit],
+                last: tuple[np.ndarray, np.ndarray] | None) -> list[Hit]:
         """Count the hits for the hot set (budget mode); frequent ones keep full vectors in RAM."""
-        last, self._last = self._last, None
-        if self.mode != "budget" or not self.hot.capacity or not hits or last is None:
+        if st.mode != "budget" or not st.hot.capacity or not hits or last is None:
             return hits
         ids, vecs = last
-        want = np.array([h.id for h in hits], np.int64)
         pos = {i: r for r, i in enumerate(ids.tolist())}
-        rows = [pos[i] for i in want.tolist() if i in pos]
-        self.hot.record(ids[rows], vecs[rows])
+        rows = [pos[h.id] for h in hits if h.id in pos]
+        st.hot.record(ids[rows], vecs[rows])
         return hits
 
     def _scan_store(self, q: np.ndarray, k: int, excl: set[int]) -> list[Hit]:
@@ -436,16 +578,17 @@ class SimilarityIndex:
             [{int(i) for i in e} for e in exclude_ids_per_query]
         if len(excls) != len(qs):
             raise ValueError(f"{len(excls)} exclusion lists for {len(qs)} queries")
-        if not len(qs) or not self.ntotal:
+        st = self._state
+        if not len(qs) or not st.ntotal:
             return [[] for _ in qs]
-        k_fetch = min(decisions.k_plus(k, self.config.k_margin, max(map(len, excls))), self.ntotal)
-        if self.mode == "exact" or not self.config.rerank:
-            d, c = self.index.search(qs, k_fetch) if self.mode == "exact" else \
-                self._budget_candidates(qs, k_fetch, 0)
-            return [self._search_one(qs[i : i + 1], k, excls[i], (d[i : i + 1], c[i : i + 1]))
+        k_fetch = min(decisions.k_plus(k, self.config.k_margin, max(map(len, excls))), st.ntotal)
+        if st.mode == "exact" or not self.config.rerank:
+            d, c = self._exact_candidates(st, qs, k_fetch) if st.mode == "exact" else \
+                self._budget_candidates(st, qs, k_fetch, 0)
+            return [self._search_one(st, qs[i : i + 1], k, excls[i], (d[i : i + 1], c[i : i + 1]))
                     for i in range(len(qs))]
-        _, c = self._budget_candidates(qs, k_fetch, 0)
-        ids, vecs = self._rerank(c.ravel())  # one store read for every query's candidates
+        _, c = self._budget_candidates(st, qs, k_fetch, 0)
+        ids, vecs = self._rerank(st, c.ravel())  # one store read for every query's candidates
         order = np.argsort(ids)
         ids, vecs = ids[order], vecs[order]
         out = []
@@ -455,36 +598,40 @@ class SimilarityIndex:
             pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == cand)]
             hits = self._filter(ids[pos], vecs[pos] @ qs[i], excls[i], k)
             if len(hits) < k:
-                hits = self._search_one(qs[i : i + 1], k, excls[i])
+                hits = self._search_one(st, qs[i : i + 1], k, excls[i])
             else:
-                self._last = (ids[pos], vecs[pos])
-                self._record(hits)
+                self._record(st, hits, (ids[pos], vecs[pos]))
             out.append(hits)
         return out
 
     # ------------------------------------------------------------------ report
     def stats(self) -> dict[str, Any]:
         """Mode, size and memory figures, hot-set hit rate, watermark and factory."""
-        n = self.ntotal
+        st = self._state
+        n = st.ntotal
         return {
-            "mode": self.mode,
+            "mode": st.mode,
             "ntotal": n,
             "dim": self.dim,
-            "index_bytes": self.index_bytes,
-            "hot_bytes": self.hot.nbytes if self.hot.capacity else 0,
-            "ids_bytes": int(self._ids.nbytes),
+            "index_bytes": self._index_bytes(st),
+            "hot_bytes": st.hot.nbytes if st.hot.capacity else 0,
+            "ids_bytes": int(st.ids.nbytes),
             "raw_vector_bytes": decisions.raw_vector_bytes(n, self.dim),
             "budget_bytes": self._budget(n),
-            "hot_capacity": self.hot.capacity,
-            "hot_size": len(self.hot),
-            "hot_hit_rate": self.hot.hit_rate,
-            "watermark": self.watermark,
-            "trained_n": self.trained_n,
-            "factory": self.factory,
-            "nprobe": getattr(builders.ivf_of(self.index), "nprobe", None),
+            "hot_capacity": st.hot.capacity,
+            "hot_size": len(st.hot),
+            "hot_hit_rate": st.hot.hit_rate,
+            "hot_lookups": st.hot.lookups,
+            "hot_hits": st.hot.hits,
+            "watermark": st.watermark,
+            "trained_n": st.trained_n,
+            "epoch": st.epoch,
+            "factory": st.factory,
+            "nprobe": getattr(builders.ivf_of(st.index), "nprobe", None),
             "snapshot_dir": str(self.directory),
             "last_rebuild_s": self.last_rebuild_s,
         }
 
     def __repr__(self) -> str:
-        return f"<SimilarityIndex {self.model} {self.mode} {self.factory} n={self.ntotal}>"
+        st = self._state
+        return f"<SimilarityIndex {self.model} {st.mode} {st.factory} n={st.ntotal}>"

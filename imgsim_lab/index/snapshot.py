@@ -3,6 +3,10 @@
 Both files are written to a temporary name and moved into place with ``os.replace``;
 the index first, the manifest last, so a crash leaves at worst a manifest whose
 checksum does not match (a corrupt snapshot, rebuilt from the store). Never pickle.
+
+A snapshot is bound to the namespace's identity: the manifest records the store's
+epoch (:meth:`Store.epoch`, a new token after a flush) and the digests of a sample of
+the indexed vectors, both checked against the store when the snapshot is loaded.
 """
 
 from __future__ import annotations
@@ -12,19 +16,25 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+import shutil
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 
 from imgsim_lab import config
+from imgsim_lab.store import Store
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Indexed vectors whose digests the manifest records (checked against the store on load).
+SAMPLE_SIZE = 32
 
 
 class SnapshotError(Exception):
@@ -48,11 +58,17 @@ class Manifest:
     sha256: str = ""
     size: int = 0
     format: int = FORMAT_VERSION
+    epoch: str | None = None            # the store's epoch when the index was built
+    sample: list[list] = field(default_factory=list)  # [[id, sha256 of its stored vector], ...]
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         try:
             obj = json.loads(text)
+            if not isinstance(obj, dict):
+                raise TypeError("not a JSON object")
+            if obj.get("format") != FORMAT_VERSION:
+                raise SnapshotError(f"snapshot format {obj.get('format')}, expected {FORMAT_VERSION}")
             return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"malformed manifest: {exc}") from exc
@@ -64,9 +80,67 @@ def slug(url: str) -> str:
     return f"{readable}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
 
 
+def store_identity(store: Store) -> str:
+    """What names a store on this machine: its resolved path (RocksDB) or its redacted URL."""
+    path = getattr(store, "path", None)
+    if store.backend == "rocksdb" and path:
+        return f"rocksdb:{Path(path).resolve()}"
+    return store.url
+
+
+def namespace_dir(store_url: str, namespace: str) -> Path:
+    """``<data_dir>/index/<slug of store url>/<namespace>``: every model's snapshot of it."""
+    return config.data_dir() / "index" / slug(store_url) / namespace
+
+
 def default_dir(store_url: str, namespace: str, model: str) -> Path:
     """``<data_dir>/index/<slug of store url>/<namespace>/<model>``."""
-    return config.data_dir() / "index" / slug(store_url) / namespace / model
+    return namespace_dir(store_url, namespace) / model
+
+
+def remove_namespace(store: Store) -> bool:
+    """Delete the default snapshots of ``store``'s namespace (after a flush); True if any existed."""
+    directory = namespace_dir(store_identity(store), store.namespace)
+    if not directory.exists():
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    log.info("removed the index snapshots of namespace %s in %s", store.namespace, directory)
+    return True
+
+
+def vector_digest(vec: np.ndarray) -> str:
+    """sha256 of a vector's little-endian float32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(vec, "<f4").tobytes()).hexdigest()
+
+
+def sample_digests(store: Store, model: str, ids: np.ndarray, size: int = SAMPLE_SIZE) -> list[list]:
+    """``[[id, digest], ...]`` for up to ``size`` ids spread evenly over the sorted ``ids``."""
+    if not len(ids):
+        return []
+    pick = np.unique(np.asarray(ids, np.int64)[np.linspace(0, len(ids) - 1, min(size, len(ids))).astype(int)])
+    found, vecs = store.get_embeddings(model, pick)
+    return [[int(i), vector_digest(v)] for i, v in zip(found.tolist(), vecs, strict=True)]
+
+
+def check_sample(store: Store, model: str, sample: list[list]) -> str | None:
+    """``None`` when every sampled id still holds the vector it held; else what differs.
+
+    Ids deleted since are not a mismatch (catch-up drops them); another vector under
+    the same id is (the namespace was flushed and refilled, or the snapshot is foreign).
+    """
+    if not sample:
+        return None
+    try:
+        ids = np.array([int(i) for i, _ in sample], np.int64)
+        want = {int(i): str(d) for i, d in sample}
+    except (TypeError, ValueError) as exc:
+        return f"malformed vector sample: {exc}"
+    found, vecs = store.get_embeddings(model, ids)
+    changed = [int(i) for i, v in zip(found.tolist(), vecs, strict=True) if vector_digest(v) != want[i]]
+    if changed:
+        return (f"{len(changed)} of {len(sample)} sampled vectors differ from the store's "
+                f"(ids {changed[:5]}{'…' if len(changed) > 5 else ''})")
+    return None
 
 
 def file_sha256(path: Path) -> str:
@@ -78,7 +152,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def save(directory: Path, index: faiss.Index, manifest: Manifest) -> None:
@@ -109,8 +183,6 @@ def load(directory: Path) -> tuple[faiss.Index, Manifest]:
     if not mpath.exists() or not ipath.exists():
         raise SnapshotError(f"no snapshot in {directory}")
     manifest = Manifest.from_json(mpath.read_text())
-    if manifest.format != FORMAT_VERSION:
-        raise SnapshotError(f"snapshot format {manifest.format}, expected {FORMAT_VERSION}")
     size = ipath.stat().st_size
     if size != manifest.size:
         raise SnapshotError(f"index file has {size} bytes, manifest says {manifest.size} (truncated?)")
