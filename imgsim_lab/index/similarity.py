@@ -264,6 +264,7 @@ class SimilarityIndex:
             upto = self._store_watermark()
             n = self._model_count()
             budget = self._budget(n)
+            chunk = self.config.chunk_size
             mode = plan.target_mode(n, self.dim, budget, self.config.mode)
             if mode != decisions.choose_mode(n, self.dim, budget, self.config.mode):
                 log.info("index %s/%s: %d vectors are too few to train a compressed index; exact "
@@ -271,7 +272,8 @@ class SimilarityIndex:
             if mode == "exact":
                 factory = EXACT_FACTORY
                 index = builders.new_exact(self.dim)
-                chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, self.config.chunk_size))
+                if n:  # none (or the model is gone with a flush): nothing to read
+                    chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, chunk))
             else:
                 nlist = self.config.nlist or decisions.nlist_for(n)
                 index_budget = int(budget * (1 - self.config.hot_fraction))
@@ -282,10 +284,11 @@ class SimilarityIndex:
                     nlist = max(1, len(sample) // decisions.MIN_POINTS_PER_CENTROID)
                 factory = decisions.budget_factory(n, self.dim, index_budget, nlist, self.config.max_pca_dim)
                 # start reading now: the first chunks arrive while the index trains
-                chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, self.config.chunk_size))
+                chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, chunk))
                 index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
                 timings["train"] = time.perf_counter() - t0 - timings["sample"]
-            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}")
+            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}") \
+                if chunks is not None else np.empty(0, np.int64)
         finally:
             if chunks is not None:
                 chunks.close()
@@ -367,6 +370,9 @@ class SimilarityIndex:
         was added), so the next sync continues where this one stopped.
         """
         st = self._state
+        if self.model not in self.store.model_info():  # flushed, then written without this model
+            self._publish(replace(st, watermark=max(st.watermark, upto)))
+            return 0
         added = 0
         start = st.watermark
         todo = upto - start
