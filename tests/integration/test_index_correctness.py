@@ -341,6 +341,63 @@ def test_concurrent_searches_while_another_process_forces_a_mode_switch(redis_ur
         store.close()
 
 
+def test_searches_stay_valid_while_the_index_flips_modes_in_place(tmp_path):
+    """4 threads search one index while a 5th grows and shrinks the store across the exact/budget
+    threshold: in-place catch-up and deletion, and a rebuild swapped in at each flip."""
+    store = open_store(f"rocksdb:{tmp_path / 'kv'}", "ns")
+    try:
+        store.register_model(MODEL, DIM, "v1")
+        rng = np.random.default_rng(7)
+        x = unit(rng.standard_normal((2000, DIM)))
+        live = put(store, x[:200], "c")
+        truth = {int(i): x[j] for j, i in enumerate(live)}  # ids are never reused
+        cfg = IndexConfig(snapshot_dir=tmp_path / "snap", memory_budget=300 * (4 * DIM + 56), nlist=4,
+                          autosave=False)
+        idx = SimilarityIndex(store, MODEL, cfg)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        seen: list[str] = []
+
+        def search(t: int) -> None:
+            r = np.random.default_rng(100 + t)
+            while not stop.is_set() and len(errors) < 20:
+                q = unit(r.standard_normal(DIM))
+                try:
+                    hits = idx.search(q, k=10)
+                    assert len(hits) == 10 and len({h.id for h in hits}) == 10
+                    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                    exact = np.array([truth[h.id] @ q for h in hits])
+                    assert np.allclose([h.score for h in hits], exact, atol=1e-4)
+                    seen.append(idx.mode)
+                except BaseException as exc:  # noqa: BLE001 - collected and reported
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=search, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        modes = []
+        try:
+            for cycle in range(8):
+                s = 200 * (cycle + 1)
+                new = put(store, x[s : s + 200], f"c{cycle}-")
+                truth.update({int(i): x[s + j] for j, i in enumerate(new)})
+                idx.sync()
+                modes.append(idx.mode)
+                store.delete(live.tolist())
+                live = new
+                idx.sync()
+                modes.append(idx.mode)
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(timeout=60)
+        assert not errors, f"{len(errors)} errors, first: {errors[0]!r}"
+        assert modes == ["budget", "exact"] * 8
+        assert {"exact", "budget"} <= set(seen) and len(seen) > 100
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------ the hot set counts
 def test_hot_set_serves_a_repeated_query_from_ram(store, tmp_path):
     store.register_model(MODEL, DIM, "v1")
