@@ -278,17 +278,26 @@ with open_store(url, ns) as s:
 """
 
 
-def test_concurrent_searches_while_another_process_forces_a_mode_switch(redis_url, namespace, tmp_path):
+@pytest.mark.parametrize("backend", ["redis", pytest.param("rocksdb", marks=pytest.mark.xfail(
+    reason="store bug, not the index's: a long-lived RocksDB secondary can stay stuck after the writer "
+           "closes (point reads of <ns>:seq/count stale, iterators fresh), so the index never sees "
+           "the last ids; see /work/notes/issue-14-index.md", strict=False))])
+def test_concurrent_searches_while_another_process_forces_a_mode_switch(backend, request, namespace,
+                                                                        tmp_path):
+    """Redis: both processes share the server. RocksDB: the searching process reads a secondary
+    (read-only) instance while the other process is the writer, as the app does."""
     from imgsim_lab.index.synthetic import SyntheticSpec, generate, synthetic_sha
 
+    url = request.getfixturevalue("redis_url") if backend == "redis" else f"rocksdb:{tmp_path / 'kv'}"
     model = get_model("color_hist")  # 512-d; the vectors are synthetic, only the key matters
     spec = SyntheticSpec(dim=512, latent_dim=16, n_clusters=32)
-    store = open_store(redis_url, namespace)
-    try:
-        store.register_model(model.key, model.dim, model.version)
+    with open_store(url, namespace) as w:
+        w.register_model(model.key, model.dim, model.version)
         x = generate(spec, 0, 300)
-        store.add_images([NewImage(synthetic_sha(0, i), f"s{i}", 1, 1, None, {model.key: v})
-                          for i, v in enumerate(x)])
+        w.add_images([NewImage(synthetic_sha(0, i), f"s{i}", 1, 1, None, {model.key: v})
+                      for i, v in enumerate(x)])
+    store = open_store(url, namespace, read_only=backend == "rocksdb")
+    try:
         # the exact index fits 600 vectors: the writer's 1,200 more force budget mode
         cfg = IndexConfig(snapshot_dir=tmp_path / "snap", memory_budget=600 * (4 * 512 + 56))
         searcher = Searcher(store, model, index_config=cfg)
@@ -317,8 +326,8 @@ def test_concurrent_searches_while_another_process_forces_a_mode_switch(redis_ur
         threads = [threading.Thread(target=search, args=(t,)) for t in range(4)]
         for th in threads:
             th.start()
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, redis_url, namespace, model.key, "300",
-                                   "1200"], stderr=subprocess.PIPE, text=True)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, url, namespace, model.key, "300", "1200"],
+                                  stderr=subprocess.PIPE, text=True)
         try:
             assert writer.wait(timeout=240) == 0, writer.stderr.read()
             deadline = time.monotonic() + 120
@@ -337,7 +346,8 @@ def test_concurrent_searches_while_another_process_forces_a_mode_switch(redis_ur
         assert searcher.index.mode == "budget" and searcher.index.ntotal == 1500
         assert "exact" in modes and "budget" in modes
     finally:
-        store.flush()
+        if backend == "redis":
+            store.flush()
         store.close()
 
 
