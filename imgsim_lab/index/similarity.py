@@ -113,7 +113,8 @@ class SimilarityIndex:
         self.last_rebuild_s = 0.0
         self.last_rebuild_timings: dict[str, float] = {}
         self._dirty = False
-        with self._update:
+        self._count_rebuild: tuple[int, int] | None = None  # (store watermark, count) of the last
+        with self._update:                                  # rebuild for a count mismatch
             if not self._load():
                 self.rebuild()
             self.sync()
@@ -349,7 +350,7 @@ class SimilarityIndex:
             st = self._state
             wanted = plan.target_mode(st.ntotal, self.dim, self._budget(st.ntotal), self.config.mode)
             step = plan.plan_reshape(self._facts(st), count, wanted, self.config.retrain_growth,
-                                     self._hot_capacity(st))
+                                     self._hot_capacity(st), self._count_rebuild == (now.watermark, count))
             if step.step is Step.DROP_DELETED:
                 self._drop_deleted()
                 if self._state.ntotal > count:  # none found gone: the count moved meanwhile
@@ -358,6 +359,11 @@ class SimilarityIndex:
             if step.step is Step.REBUILD:
                 log.info("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
                 self.rebuild()
+                if count is not None and self._state.ntotal < count:  # the store disagrees with itself
+                    log.warning("index %s/%s: the store counts %d vectors but lists %d up to id %d; "
+                                "not rebuilding again until it changes", self.store.namespace,
+                                self.model, count, self._state.ntotal, now.watermark)
+                    self._count_rebuild = (now.watermark, count)
             elif step.step is Step.RESIZE_HOT:
                 self._publish(replace(st, hot=st.hot.resized(self._hot_capacity(st))))
             break

@@ -7,6 +7,7 @@ flush, a rebuild failing part-way, searches racing a catch-up that switches mode
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 import sys
@@ -197,6 +198,24 @@ def test_read_only_index_sees_the_flush_of_its_writer(tmp_path):
     finally:
         reader.close()
         w.close()
+
+
+def test_a_store_whose_count_disagrees_with_its_listing_is_rebuilt_once(tmp_path, caplog):
+    """A counter ahead of the listed embeddings (a stale RocksDB secondary, an unrepaired crash):
+    one rebuild, a warning, then no rebuild on every sync."""
+    with open_store(f"rocksdb:{tmp_path / 'kv'}", "ns") as store:
+        store.register_model(MODEL, DIM, "v1")
+        put(store, unit(np.random.default_rng(8).standard_normal((100, DIM))), "v")
+        idx = SimilarityIndex(store, MODEL, IndexConfig(snapshot_dir=tmp_path / "snap"))
+        store.raw_set(store.keys.model(MODEL), json.dumps({"dim": DIM, "version": "v1", "count": 150}))
+        with caplog.at_level(logging.INFO, logger="imgsim_lab.index"):
+            for _ in range(4):
+                idx.sync()
+        assert caplog.text.count("built IDMap2,Flat") == 1
+        assert "counts 150 vectors but lists 100" in caplog.text
+        store.raw_set(store.keys.model(MODEL), json.dumps({"dim": DIM, "version": "v1", "count": 100}))
+        put(store, unit(np.random.default_rng(9).standard_normal((5, DIM))), "w")
+        assert idx.sync() == 5 and idx.ntotal == 105
 
 
 # ------------------------------------------------------------ 14.2 a failed rebuild

@@ -50,6 +50,8 @@ def test_plan_reshape_counts_first():
     assert plan_reshape(facts(ntotal=100), 90, "exact", 2.0, 0).step is Step.DROP_DELETED
     grew = plan_reshape(facts(ntotal=100), 120, "exact", 2.0, 0)
     assert grew.step is Step.REBUILD and "old images" in grew.reason
+    # a rebuild for this same watermark and count came up short already: no rebuild storm
+    assert plan_reshape(facts(ntotal=100), 120, "exact", 2.0, 0, rebuilt_for_count=True).step is Step.NOTHING
     # while a writer keeps adding the count is not comparable: neither drop nor rebuild for it
     assert plan_reshape(facts(ntotal=100), None, "exact", 2.0, 0) == Plan(Step.NOTHING)
 
