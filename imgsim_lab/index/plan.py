@@ -77,15 +77,17 @@ def plan_catch_up(index: IndexFacts, store: StoreFacts) -> Plan:
 
 
 def plan_reshape(index: IndexFacts, store_count: int | None, wanted_mode: str,
-                 retrain_growth: float, hot_capacity: int) -> Plan:
+                 retrain_growth: float, hot_capacity: int, rebuilt_for_count: bool = False) -> Plan:
     """After catching up: deletions, embeddings of old ids, mode switch, retraining, hot set.
 
     ``wanted_mode`` is :func:`target_mode` of the index's size, ``hot_capacity`` the hot
-    set's capacity at that size.
+    set's capacity at that size. ``rebuilt_for_count``: a rebuild for this same store
+    watermark and count already ran and still came up short (the store's count and its
+    listing disagree), so another one would not help until either moves.
     """
     if store_count is not None and index.ntotal > store_count:
         return Plan(Step.DROP_DELETED, f"the index holds {index.ntotal} vectors, the store {store_count}")
-    if store_count is not None and index.ntotal < store_count:
+    if store_count is not None and index.ntotal < store_count and not rebuilt_for_count:
         return Plan(Step.REBUILD, f"the index holds {index.ntotal} vectors but the store {store_count} "
                                   "(embeddings added to old images)")
     if wanted_mode != index.mode:
