@@ -113,8 +113,9 @@ class SimilarityIndex:
         self.last_rebuild_s = 0.0
         self.last_rebuild_timings: dict[str, float] = {}
         self._dirty = False
-        self._count_rebuild: tuple[int, int] | None = None  # (store watermark, count) of the last
-        with self._update:                                  # rebuild for a count mismatch
+        # (store watermark, count) at the last rebuild that still fell short of the store's count
+        self._count_rebuild: tuple[int, int] | None = None
+        with self._update:
             if not self._load():
                 self.rebuild()
             self.sync()
