@@ -181,12 +181,6 @@ s.close()
 """
 
 
-@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
-def server_url(request: pytest.FixtureRequest) -> str:
-    """A server shared by processes: the single node or the cluster."""
-    return request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
-
-
 def test_processes_claiming_one_hash_create_one_record(server_url, namespace):
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, server_url, namespace, "0", "40"])
              for _ in range(4)]
