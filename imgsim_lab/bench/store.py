@@ -3,7 +3,8 @@
 Bulk: :meth:`Store.add_images` (one Lua call or WriteBatch per 256 records) and
 :meth:`Store.iter_embeddings` (MGET / multi-get of 1,000). Naive, the way the original
 demo did it: one SET per vector, then SCAN plus one GET per key. Both in one run, in a
-throw-away namespace that is flushed afterwards.
+namespace of its own (``imgsim-bench-<pid>-<random>``), flushed afterwards; a
+``--namespace`` that holds anything is refused, never flushed.
 
 ``--compare-kv URL2`` repeats the measurement on a second store in the same run (e.g. a
 cluster next to a single node) and adds its result as ``compare`` with the ratios
@@ -17,12 +18,13 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from imgsim_lab.cli._common import add_store_args
-from imgsim_lab.store import NewImage, Store, open_store
+from imgsim_lab.store import NewImage, Store, StoreError, open_store
 
 NAME = "store"
 HELP = "bulk vs naive write/read throughput of the store (vectors per second)"
@@ -43,42 +45,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
-    if store.backend != "rocksdb":
-        r = store._r  # noqa: SLF001 - the naive way talks to the raw client on purpose
-        for i, v in enumerate(vecs):
-            r.set(f"{ns}:naive:{i}", v.tobytes())
-    else:
-        db = store._db  # noqa: SLF001
-        for i, v in enumerate(vecs):
-            db.put(f"{ns}:naive:{i:012d}".encode(), v.tobytes())
+    """One SET per vector, one round trip each (through the store's raw access)."""
+    for i, v in enumerate(vecs):
+        store.raw_set(f"{ns}:naive:{i:012d}", v.tobytes())
 
 
 def _naive_read(store: Store, ns: str, dim: int) -> int:
+    """A full key scan, then one GET per key."""
     n = 0
-    if store.backend != "rocksdb":
-        r = store._r  # noqa: SLF001
-        for key in r.scan_iter(match=f"{ns}:naive:*", count=100):
-            np.frombuffer(r.get(key), np.float32, dim)
-            n += 1
-    else:
-        db = store._db  # noqa: SLF001
-        prefix = f"{ns}:naive:".encode()
-        keys = []
-        it = db.iter()
-        it.seek(prefix)
-        while it.valid() and it.key().startswith(prefix):
-            keys.append(it.key())
-            it.next()
-        for key in keys:
-            np.frombuffer(db.get(key), np.float32, dim)
-            n += 1
+    prefix = f"{ns}:naive:"
+    for key in [k for k in store.scan_keys() if k.startswith(prefix)]:
+        np.frombuffer(store.raw_get([key])[0], np.float32, dim)
+        n += 1
     return n
+
+
+def bench_namespace() -> str:
+    """A namespace of the benchmark's own, never a user's."""
+    return f"imgsim-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = None,
                     namespace: str | None = None) -> dict:
     """Measure bulk and naive throughput in one run; returns the JSON-able result."""
-    ns = namespace or f"bench{os.getpid()}"
+    ns = namespace or bench_namespace()
     naive_n = n if naive_n is None else naive_n
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim), dtype=np.float32)
@@ -87,7 +77,9 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
                       embeddings={"bench": vecs[i]}) for i in range(n)]
     mb = n * dim * 4 / 1e6
     with open_store(url, ns) as store:
-        store.flush()
+        if store.count() or store.model_info() or store.last_id():
+            raise StoreError(f"namespace {ns!r} of {store.url} is not empty: the benchmark writes and "
+                             "flushes a namespace of its own; leave --namespace out")
         store.register_model("bench", dim, "random")
         t0 = time.perf_counter()
         step = 4096
