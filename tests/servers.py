@@ -226,7 +226,8 @@ class KvrocksServer(RedisServer):
                 return self
             except redis.exceptions.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"kvrocks did not start on port {self.port}:\n{self.log_tail()}") from None
+                    raise RuntimeError(f"kvrocks did not start on port {self.port}:\n"
+                                       f"{self.log_tail()}") from None
                 time.sleep(0.05)
 
 

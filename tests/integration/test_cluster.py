@@ -218,12 +218,12 @@ def test_repair_waits_for_writers_and_writers_stop_during_repair(cstore, curl) -
             pass
     # the writer closed: its lease is gone
     with cstore.maintenance():
-        with open_store(curl, cstore.namespace) as writer:
-            with pytest.raises(StoreLockedError, match="under maintenance by .*pid"):
-                writer.add_images(items[2:])
-        with pytest.raises(StoreLockedError, match="already under maintenance"):
-            with open_store(curl, cstore.namespace) as other, other.maintenance():
-                pass
+        with open_store(curl, cstore.namespace) as writer, \
+                pytest.raises(StoreLockedError, match="under maintenance by .*pid"):
+            writer.add_images(items[2:])
+        with pytest.raises(StoreLockedError, match="already under maintenance"), \
+                open_store(curl, cstore.namespace) as other, other.maintenance():
+            pass
     assert cstore.add_images(items[2:])[0].created
 
 
