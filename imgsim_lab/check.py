@@ -75,6 +75,7 @@ class Inventory:
     unparsable: set[int] = field(default_factory=set)
     claims: dict[str, int | None] = field(default_factory=dict)
     embeddings: dict[str, list[int]] = field(default_factory=dict)
+    seen_embeddings: set[tuple[str, int]] = field(default_factory=set)  # every one enumerated
 
 
 def check_records(store: Store, inv: Inventory) -> list[Problem]:
@@ -136,6 +137,7 @@ def check_embeddings(store: Store, inv: Inventory) -> list[Problem]:
         good: list[int] = []
         for chunk in store.inventory_embeddings(name):
             for image_id, nbytes in chunk:
+                inv.seen_embeddings.add((name, image_id))
                 key = k.emb(name, image_id)
                 if image_id in inv.unparsable:
                     continue  # its record exists: keep
@@ -176,9 +178,11 @@ def check_strays(store: Store, inv: Inventory) -> list[Problem]:
                                        "(kept: re-ingest or delete it)"))
                 continue
             model = key[len(emb_prefix) : -len(k.tag(image_id)) - 1]
-            known = model in models and image_id in inv.records
-            if not known and image_id not in inv.unparsable and not (
-                    model in models and image_id in inv.embeddings.get(model, ())):
+            if (model, image_id) in inv.seen_embeddings or image_id in inv.unparsable:
+                continue
+            if model not in models:
+                out.append(Problem("stray_key", f"{key}: embedding of unregistered model {model!r} (kept)"))
+            elif image_id not in inv.records:
                 out.append(Problem("orphan_embedding", f"{key} has no record (found by scan)",
                                    fix=lambda key=key: store.raw_delete([key])))
         elif key.startswith(sha_prefix):

@@ -22,8 +22,8 @@ class StoreConfig:
     write_batch: int = field(default=256, metadata={"env": "IMGSIM_STORE_WRITE_BATCH"})
     #: Vectors per bulk read (one MGET / one multi-get).
     read_batch: int = field(default=1000, metadata={"env": "IMGSIM_STORE_READ_BATCH"})
-    #: Images per round of the cluster write protocol.
-    cluster_group: int = field(default=1024, metadata={"env": "IMGSIM_STORE_CLUSTER_GROUP"})
+    #: Images per round of the write protocol (a few round trips each).
+    write_group: int = field(default=4096, metadata={"env": "IMGSIM_STORE_WRITE_GROUP"})
     #: Retries of a command list after a lost connection or a redirection.
     retries: int = field(default=3, metadata={"env": "IMGSIM_STORE_RETRIES"})
     backoff_base: float = field(default=0.05, metadata={"env": "IMGSIM_STORE_BACKOFF_BASE"})

@@ -48,7 +48,7 @@ from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
 from imgsim_lab.store.resp import pack
-from imgsim_lab.store.schema import AddResult, Keys, ModelInfo, Record, decode_many, now
+from imgsim_lab.store.schema import IMAGE_FIELDS, AddResult, Keys, ModelInfo, Record, decode_many, now
 from imgsim_lab.store.transport import Routed, connect
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,19 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 5
 #: Members per ZADD/ZREM/SADD command.
 CHUNK = 4000
+#: A record field value that is not stored (``None``) in the commit script's arguments.
+ABSENT = b"\0"
 
 
 def _pairs(raw: list) -> dict:
     return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _values(item: EncodedImage) -> list:
+    """The record's declared field values, in IMAGE_FIELDS order ("\0" where absent)."""
+    vals = item.values
+    return [ABSENT if (v := vals[f]) is None else (repr(v) if type(v) is float else v)
+            for f in IMAGE_FIELDS]
 
 
 def _fields(item: EncodedImage, t: float) -> list:
@@ -179,7 +188,7 @@ class RespStore(Store):
 
     def _add_batches(self, batches: list[list[EncodedImage]]) -> list[AddResult]:
         items = [it for b in batches for it in b]
-        step = self.config.write_batch if self._t.single else self.config.cluster_group
+        step = self.config.write_group
         return [r for s in range(0, len(items), step) for r in self._add_group(items[s : s + step])]
 
     def _add_group(self, items: Sequence[EncodedImage]) -> list[AddResult]:
@@ -208,16 +217,24 @@ class RespStore(Store):
         return out
 
     def _start_round(self, shas: Sequence[str]) -> list:
-        """Step 1: claims, the maintenance lock, and this writer's lease, in one trip."""
+        """Step 1: claims, the maintenance lock, and this writer's lease, in one round trip."""
         k = self.keys
         lease = time.time() + self.config.writer_lease
+        claim_keys = [k.sha(sh) for sh in shas]
+        if self._t.single:
+            step = self.config.read_batch
+            reads = [(k.maint, pack(["MGET", *claim_keys[s : s + step]])) for s in range(0, len(shas), step)]
+        else:
+            reads = [(key, pack(["GET", key])) for key in claim_keys]
         replies = self._t.run([(k.writers, pack(["ZADD", k.writers, lease, self._writer])),
-                               (k.maint, pack(["GET", k.maint]))])
+                               (k.maint, pack(["GET", k.maint])), *reads])
         self._leased = True
         if replies[1] is not None:
             raise StoreLockedError(f"namespace {self.namespace!r} of {self.url} is under maintenance "
                                    f"by {replies[1].decode('utf-8', 'replace')}: try again when it ends")
-        return self._mget([k.sha(s) for s in shas])
+        if self._t.single:
+            return [v for vals in replies[2:] for v in vals]
+        return replies[2:]
 
     def _reserve(self, n: int) -> tuple[int, str]:
         """Step 2: ``n`` new ids; returns the first and the in-flight member to drop later."""
@@ -240,25 +257,45 @@ class RespStore(Store):
             lo, member = self._reserve(len(fresh))
             for j, im in enumerate(fresh):
                 im.id, im.fresh = lo + j, True
+        done = [(self._inflight, pack(["ZREM", self._inflight, member]))] if member else []
         try:
-            commit = self._commit_single if self._t.single else self._commit_cluster
-            return commit(images)
+            if self._t.single:
+                retry = self._commit_single(images, done)
+                done = []  # sent after the commits, in the same round trip
+                return retry
+            return self._commit_cluster(images)
         finally:
-            if member is not None:
-                self._t.command("ZREM", self._inflight, member)
+            if done:
+                self._t.run(done)
 
-    def _commit_single(self, images: list[_Image]) -> list[_Image]:
-        """Step 3 on one node: MSET of new vectors plus the commit script, in one MULTI."""
+    def _commit_single(self, images: list[_Image], after: list[Routed]) -> list[_Image]:
+        """Step 3 on one node: per batch of ``write_batch`` images one MULTI with the MSET of
+        new vectors and the commit script; all batches (then ``after``) in one round trip."""
+        step = self.config.write_batch
+        batches = [images[s : s + step] for s in range(0, len(images), step)]
+        blocks = [self._commit_block(b) for b in batches]
+        replies = self._t.run([c for b in blocks for c in b] + after)
+        retry = []
+        pos = 0
+        for batch, block in zip(batches, blocks, strict=True):
+            pos += len(block)
+            rows = replies[pos - 1][-1]  # EXEC's replies; the commit script's is the last
+            if isinstance(rows, Exception):
+                raise StoreError(f"{self.url}: commit failed: {rows}")
+            retry += self._commit_results(batch, rows)
+        return retry
+
+    def _commit_block(self, images: list[_Image]) -> list[Routed]:
         k = self.keys
         models = sorted({m for im in images for m in im.vectors})
         midx = {m: i + 1 for i, m in enumerate(models)}
         keys = [k.ids, k.shas, *(k.eids(m) for m in models)]
-        args: list = [len(models), len(images)]
+        args: list = [len(models), len(images), len(IMAGE_FIELDS), *IMAGE_FIELDS, repr(now())]
         mset: list = ["MSET"]
-        t = now()
+        sha_key, img_key, emb_key = k.sha, k.img, k.emb
         for im in images:
-            ekeys = [k.emb(m, im.id) for m in im.vectors]
-            keys += [k.sha(im.item.sha256), k.img(im.id), *ekeys]
+            ekeys = [emb_key(m, im.id) for m in im.vectors]
+            keys += [sha_key(im.item.sha256), img_key(im.id), *ekeys]
             args += [im.id, 1 if im.fresh else 0, len(ekeys)]
             for ekey, (m, (data, _)) in zip(ekeys, im.vectors.items(), strict=True):
                 args.append(midx[m])
@@ -266,13 +303,13 @@ class RespStore(Store):
                     mset += [ekey, data]
                 else:
                     args.append(data)
-            fields = _fields(im.item, t)
-            args += [len(fields) // 2, *fields]
+            args += _values(im.item)
         routed = [(k.ids, pack(mset))] if len(mset) > 1 else []
-        routed.append(self._t.script("commit", keys, args))
-        rows = self._atomic(routed)[-1]
-        if isinstance(rows, Exception):
-            raise StoreError(f"{self.url}: commit failed: {rows}")
+        routed.append(self._t.script("commit", keys, args, inline=True))
+        return [(k.ids, pack(["MULTI"])), *routed, (k.ids, pack(["EXEC"]))]
+
+    @staticmethod
+    def _commit_results(images: list[_Image], rows: list) -> list[_Image]:
         retry = []
         for im, row in zip(images, rows, strict=True):
             rid, state, *written = (int(x) for x in row)

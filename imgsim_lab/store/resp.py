@@ -10,17 +10,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def _arg(a: bytes | str | int | float) -> bytes:
+    if isinstance(a, bytes):
+        return a
+    if isinstance(a, str):
+        return a.encode()
+    if isinstance(a, int):
+        return b"%d" % a
+    return repr(a).encode()
+
+
 def pack(args: Sequence[bytes | str | int | float]) -> bytes:
-    """One command in RESP2 wire format."""
+    """One command in RESP2 wire format (one join, no per-argument copies)."""
     parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
     for a in args:
-        if isinstance(a, bytes):
-            b = a
-        elif isinstance(a, str):
-            b = a.encode()
-        elif isinstance(a, int):
-            b = b"%d" % a
-        else:
-            b = repr(a).encode()
-        parts += (b"$%d\r\n" % len(b), b, b"\r\n")
+        b = a if type(a) is bytes else _arg(a)
+        append(b"$%d\r\n" % len(b))
+        append(b)
+        append(b"\r\n")
     return b"".join(parts)

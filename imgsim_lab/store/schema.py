@@ -173,8 +173,7 @@ class NewImage:
 
     def record_values(self) -> dict[str, str | int | float | None]:
         """The record fields this image gives (all of NewImage's fields but ``embeddings``)."""
-        return {f.name: _coerce(f.name, getattr(self, f.name), RECORD_TYPES[f.name])
-                for f in fields(self) if f.name != "embeddings"}
+        return {name: _coerce(name, getattr(self, name), RECORD_TYPES[name]) for name in IMAGE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -203,8 +202,11 @@ class Record:
     @classmethod
     def from_fields(cls, raw: Mapping) -> Record:
         """Parse and validate fields read back (Redis hash or JSON); never trust them."""
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-             for k, v in raw.items()}
+        try:
+            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in raw.items()}
+        except UnicodeDecodeError as exc:
+            raise CorruptDataError(f"record fields are not UTF-8: {exc}") from None
         values = {}
         try:
             for name, (typ, optional) in RECORD_TYPES.items():
@@ -246,10 +248,14 @@ def _field_type(annotation: str) -> tuple[type, bool]:
 RECORD_TYPES: dict[str, tuple[type, bool]] = {f.name: _field_type(f.type) for f in fields(Record)}
 #: The fields of a record, in declaration order.
 RECORD_FIELDS = tuple(RECORD_TYPES)
+#: The record fields a NewImage gives (all its fields but ``embeddings``).
+IMAGE_FIELDS = tuple(f.name for f in fields(NewImage) if f.name != "embeddings")
 
 
 def _coerce(name: str, value: object, spec: tuple[type, bool]) -> str | int | float | None:
     typ, optional = spec
+    if type(value) is typ:
+        return value
     if value is None:
         if not optional:
             raise ValueError(f"record field {name!r} must not be None")

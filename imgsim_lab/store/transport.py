@@ -120,8 +120,12 @@ class Transport:
         """One command (routed by its first key argument)."""
         return self.run([(str(args[1]) if len(args) > 1 else "", pack(args))])[0]
 
-    def script(self, name: str, keys: Sequence[str], args: Sequence) -> Routed:
-        return keys[0], pack(["EVALSHA", SCRIPTS[name][1], len(keys), *keys, *args])
+    def script(self, name: str, keys: Sequence[str], args: Sequence, inline: bool = False) -> Routed:
+        """EVALSHA of a known script; ``inline`` sends its source (EVAL), for use inside a
+        MULTI, where a NOSCRIPT error would leave the transaction's other commands applied."""
+        src, sha = SCRIPTS[name]
+        head = ["EVAL", src] if inline else ["EVALSHA", sha]
+        return keys[0], pack([*head, len(keys), *keys, *args])
 
     def _on_failure(self, exc: Exception) -> None:
         log.info("store %s: %s, retrying", self.url, type(exc).__name__)
@@ -131,8 +135,7 @@ class Transport:
         conn = pool.get_connection()
         ok = False
         try:
-            conn.send_packed_command([b"".join(cmds)] if len(cmds) < 64 else _joined(cmds),
-                                     check_health=False)
+            conn.send_packed_command(_coalesced(cmds), check_health=False)
             out = []
             for _ in cmds:
                 try:
@@ -163,15 +166,18 @@ def _raise(err: BaseException) -> None:
     raise err
 
 
-def _joined(cmds: Sequence[bytes], size: int = 1 << 20) -> list[bytes]:
-    """Commands joined into ~1 MB buffers (one send per buffer, no giant copy)."""
-    out, cur, n = [], [], 0
+def _coalesced(cmds: Sequence[bytes], small: int = 1 << 16) -> list[bytes]:
+    """Small commands joined into one send; large ones (vector batches) sent as they are."""
+    out: list[bytes] = []
+    cur: list[bytes] = []
     for c in cmds:
-        cur.append(c)
-        n += len(c)
-        if n >= size:
-            out.append(b"".join(cur))
-            cur, n = [], 0
+        if len(c) >= small:
+            if cur:
+                out.append(b"".join(cur))
+                cur = []
+            out.append(c)
+        else:
+            cur.append(c)
     if cur:
         out.append(b"".join(cur))
     return out
