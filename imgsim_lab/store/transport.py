@@ -46,14 +46,20 @@ class _Reroute(Exception):
     """A reply asked for a refreshed slot map (MOVED, ASK, TRYAGAIN, CLUSTERDOWN)."""
 
 
+def _auth_reply(text: str) -> bool:
+    """An error reply refusing credentials: Redis (WRONGPASS, NOAUTH) or Kvrocks ("Invalid password")."""
+    low = text.lower()
+    return ("WRONGPASS" in text or "NOAUTH" in text or "invalid password" in low
+            or "authentication required" in low or "no password is set" in low)
+
+
 def _auth_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, redis.exceptions.AuthenticationError):
             return True
         seen = seen.__cause__ or seen.__context__
-    text = str(exc)
-    return any(w in text for w in ("username-password", "WRONGPASS", "NOAUTH", "invalid password"))
+    return "username-password" in str(exc) or _auth_reply(str(exc))
 
 
 class Transport:
@@ -80,7 +86,9 @@ class Transport:
             raise StoreAuthError(f"authentication to {self.url} failed: wrong user or password") from None
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
-            if "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
+            if _auth_reply(text):
+                raise StoreAuthError(f"authentication to {self.url} failed: wrong user or password") from None
+            if "NOPERM" in text:
                 raise StoreAuthError(f"{self.url} refused the credentials or command: "
                                      f"{text.split(' ', 1)[0]}") from None
             raise StoreError(f"{self.url} answered an error: {self.scrub(text)[:200]}") from None

@@ -149,3 +149,32 @@ def test_read_only_commands_never_create_a_store(tmp_path, command):
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"no store at rocksdb:{path}" in out.stderr and "Traceback" not in out.stderr
     assert not path.exists() and not path.parent.exists()
+
+
+def test_cli_ingest_search_check_repair_flush_on_every_backend(store_url, namespace, tmp_path):
+    """Ingest and search through the CLI, then check, repair and flush, on each of the five backends."""
+    from imagegen import make_folder
+
+    folder = make_folder(tmp_path / "imgs", 16)
+    env = {**__import__("os").environ, "IMGSIM_NAMESPACE": namespace, "IMGSIM_DATA_DIR": str(tmp_path / "d")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "imgsim_lab.cli", *args, "--kv", store_url], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    out = cli("ingest", str(folder), "--model", "pixels", "--no-index")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["added"] == 16
+    res = cli("search", str(folder / "green" / "img0004.png"), "--model", "pixels", "--k", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["duplicate"] and len(got["matches"]) == 3 and got["stored_id"] not in {
+        m["id"] for m in got["matches"]}
+    from imgsim_lab.store import open_store  # check, repair and flush in-process (CLI: test_cli)
+
+    with open_store(store_url, namespace) as s:
+        before = sorted(s.scan_keys())
+        assert check_store(s).ok and not check_store(s, repair=True).problems
+        assert sorted(s.scan_keys()) == before  # a clean repair changes nothing
+        s.flush()
+        assert s.count() == 0 and not list(s.scan_keys())
