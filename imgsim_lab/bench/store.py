@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
     parser.add_argument("--naive-n", type=int, default=None,
                         help="vectors for the naive way (default: same as --n)")
-    parser.add_argument("--compare-kv", metavar="URL2", default=None,
-                        help="run the same measurement on a second store URL too and report "
-                             "its throughput relative to --kv (e.g. a cluster vs a single node)")
+    parser.add_argument("--compare-kv", metavar="URL2", action="append", default=None,
+                        help="run the same measurement on another store URL too and report its "
+                             "throughput relative to --kv (repeatable: e.g. a Kvrocks node, a "
+                             "Kvrocks cluster and a Redis Cluster next to redis-server)")
 
 
 def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
@@ -100,9 +101,10 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
         naive_read_s = time.perf_counter() - t0
         assert got == naive_n, f"naive read {got} of {naive_n}"
         backend, shown_url = store.backend, store.url
+        server = store.info().get("server", backend)
         store.flush()
     result = {
-        "backend": backend, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n,
+        "backend": backend, "server": server, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n,
         "bulk_write_per_s": n / bulk_write_s, "bulk_read_per_s": n / bulk_read_s,
         "naive_write_per_s": naive_n / naive_write_s, "naive_read_per_s": naive_n / naive_read_s,
         "bulk_write_mb_per_s": mb / bulk_write_s, "bulk_read_mb_per_s": mb / bulk_read_s,
@@ -114,17 +116,25 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
     return result
 
 
-def compare(result: dict, other: dict) -> dict:
-    """``result`` with ``other`` as ``compare`` and per-field ratios other/result."""
-    ratios = {k: other[k] / result[k] for k in RATIO_FIELDS if result.get(k)}
+def ratios(result: dict, other: dict) -> dict:
+    """Per-field throughput ratios other/result."""
+    out = {k: other[k] / result[k] for k in RATIO_FIELDS if result.get(k)}
     log.info("store bench: %s over %s: %s", other["url"], result["url"],
-             {k: round(v, 2) for k, v in ratios.items()})
-    return {**result, "compare": other, "compare_ratios": ratios}
+             {k: round(v, 2) for k, v in out.items()})
+    return out
+
+
+def compare(result: dict, others: list[dict]) -> dict:
+    """``result`` with the first other store as ``compare`` (+ ``compare_ratios``) and all of
+    them, each with its ratios, in ``compares``."""
+    if not others:
+        return result
+    rows = [{**o, "ratios": ratios(result, o)} for o in others]
+    return {**result, "compare": others[0], "compare_ratios": rows[0]["ratios"], "compares": rows}
 
 
 def run(args: argparse.Namespace) -> dict:
     result = run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)
-    if args.compare_kv:
-        other = run_store_bench(args.compare_kv, args.n, args.dim, args.naive_n, args.namespace)
-        result = compare(result, other)
-    return result
+    others = [run_store_bench(url, args.n, args.dim, args.naive_n, args.namespace)
+              for url in args.compare_kv or ()]
+    return compare(result, others)

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(write_json(info, None))
         return 0
-    print(f"store      {info['url']} ({info['backend']}), namespace {info['namespace']}")
+    kind = info['backend'] + (f", {info['server']}" if 'server' in info else '')
+    print(f"store      {info['url']} ({kind}), namespace {info['namespace']}")
     print(f"images     {info['images']} (last id {info['last_id']})")
     if not info["models"]:
         print("models     none yet")

@@ -613,6 +613,14 @@ class RespStore(Store):
         finally:
             self._t.run([self._t.script("unclaim", [k.maint], [token])])
 
+    def info(self) -> dict:
+        """:meth:`Store.info` plus ``server``: ``kvrocks`` or ``redis`` (from ``INFO server``)."""
+        out = super().info()
+        text = self._t.command("INFO", "server")
+        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        out["server"] = "kvrocks" if "kvrocks_version" in raw else "redis"
+        return out
+
     # ------------------------------------------------------------ raw access
     def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:

@@ -394,3 +394,19 @@ def test_maintenance_lock_excludes_writers(server_url, namespace):
     with open_store(server_url, namespace) as w:
         assert w.add_images(images(1)[0])[0].created
         w.flush()
+
+
+@pytest.mark.kvrocks
+def test_bench_store_compares_several_stores(redis_url, kvrocks_url, tmp_path):
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "imgsim_lab.cli", "bench", "store", "--kv", redis_url,
+                          "--compare-kv", kvrocks_url, "--compare-kv", f"rocksdb:{tmp_path / 'kv'}",
+                          "--n", "300", "--dim", "16", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads((tmp_path / "b.json").read_text())
+    assert [c["backend"] for c in got["compares"]] == ["redis", "rocksdb"]
+    assert got["compare"]["url"] == kvrocks_url and got["compare_ratios"]["bulk_read_per_s"] > 0
+    assert all(set(c["ratios"]) == {"bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s",
+                                    "naive_read_per_s"} for c in got["compares"])
