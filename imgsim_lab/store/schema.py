@@ -315,6 +315,11 @@ def decode_into(out: np.ndarray, row: int, data: bytes, dim: int, model: str, im
 
 def decode_many(ids: np.ndarray, values: list, dim: int, model: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors read for ``ids`` (``None`` where absent): ``(found_ids, vectors)`` in input order."""
+    nbytes = 4 * dim
+    if values and all(v is not None and len(v) == nbytes for v in values):  # the usual case: one C copy
+        buf = bytearray().join(values)  # one copy, and the result is writable
+        out = np.frombuffer(buf, dtype=VECTOR_DTYPE).reshape(len(values), dim)
+        return np.asarray(ids, np.int64), out
     keep = np.fromiter((v is not None for v in values), bool, len(values))
     out = np.empty((int(keep.sum()), dim), np.float32)
     row = 0
