@@ -1,6 +1,11 @@
 """``imgsim bench store``: bulk versus one-command-per-round-trip writes and reads.
 
-Bulk: :meth:`Store.add_images` (one Lua call or WriteBatch per 256 records) and
+Reports wall-clock throughput and, because shared machines are loaded, CPU time per
+vector (this process plus the servers' ``used_cpu_*``): ``*_cpu_us_per_vector`` and
+``*_cpu_bound_mb_per_s`` (what one client core and one server core sustain) do not
+depend on how busy the machine is.
+
+Bulk: :meth:`Store.add_images` (one MULTI or WriteBatch per 256 records) and
 :meth:`Store.iter_embeddings` (MGET / multi-get of 1,000). Naive, the way the original
 demo did it: one SET per vector, then SCAN plus one GET per key. Both in one run, in a
 namespace of its own (``imgsim-bench-<pid>-<random>``), flushed afterwards; a
@@ -30,7 +35,8 @@ NAME = "store"
 HELP = "bulk vs naive write/read throughput of the store (vectors per second)"
 log = logging.getLogger(__name__)
 #: Throughputs compared by ``--compare-kv`` (ratio = second URL / first URL).
-RATIO_FIELDS = ("bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s", "naive_read_per_s")
+RATIO_FIELDS = ("bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s", "naive_read_per_s",
+                "bulk_write_cpu_bound_mb_per_s", "bulk_read_cpu_bound_mb_per_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,38 +88,58 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
             raise StoreError(f"namespace {ns!r} of {store.url} is not empty: the benchmark writes and "
                              "flushes a namespace of its own; leave --namespace out")
         store.register_model("bench", dim, "random")
-        t0 = time.perf_counter()
-        step = 4096
-        for s in tqdm(range(0, n, step), desc="bulk write", unit_scale=step, leave=False):
-            store.add_images(items[s : s + step])
-        bulk_write_s = time.perf_counter() - t0
+        phases: dict[str, dict[str, float]] = {}
 
-        t0 = time.perf_counter()
-        got = sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
-        bulk_read_s = time.perf_counter() - t0
-        assert got == n, f"read back {got} of {n} vectors"
+        def bulk_write() -> int:
+            step = 4096
+            for s in tqdm(range(0, n, step), desc="bulk write", unit_scale=step, leave=False):
+                store.add_images(items[s : s + step])
+            return n
 
-        t0 = time.perf_counter()
-        _naive_write(store, vecs[:naive_n], ns)
-        naive_write_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        got = _naive_read(store, ns, dim)
-        naive_read_s = time.perf_counter() - t0
+        def bulk_read() -> int:
+            return sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
+
+        phases["bulk_write"] = _measure(store, bulk_write)
+        phases["bulk_read"] = _measure(store, bulk_read)
+        assert phases["bulk_read"]["count"] == n, f"read back {phases['bulk_read']['count']} of {n} vectors"
+        phases["naive_write"] = _measure(store, lambda: _naive_write(store, vecs[:naive_n], ns) or naive_n)
+        phases["naive_read"] = _measure(store, lambda: _naive_read(store, ns, dim))
+        got = phases["naive_read"]["count"]
         assert got == naive_n, f"naive read {got} of {naive_n}"
         backend, shown_url = store.backend, store.url
         server = store.info().get("server", backend)
         store.flush()
-    result = {
-        "backend": backend, "server": server, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n,
-        "bulk_write_per_s": n / bulk_write_s, "bulk_read_per_s": n / bulk_read_s,
-        "naive_write_per_s": naive_n / naive_write_s, "naive_read_per_s": naive_n / naive_read_s,
-        "bulk_write_mb_per_s": mb / bulk_write_s, "bulk_read_mb_per_s": mb / bulk_read_s,
-        "bulk_read_s": bulk_read_s, "bulk_write_s": bulk_write_s,
-    }
+    result = {"backend": backend, "server": server, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n}
+    for name, ph in phases.items():
+        result[f"{name}_per_s"] = ph["count"] / ph["wall_s"]
+        result[f"{name}_s"] = ph["wall_s"]
+        cpu = ph["client_cpu_s"] + ph.get("server_cpu_s", 0.0)
+        result[f"{name}_cpu_us_per_vector"] = 1e6 * cpu / ph["count"]
+        result[f"{name}_client_cpu_us_per_vector"] = 1e6 * ph["client_cpu_s"] / ph["count"]
+    for name in ("bulk_write", "bulk_read"):
+        result[f"{name}_mb_per_s"] = mb / result[f"{name}_s"]
+        # what one core of client plus one of server could do: independent of other load
+        result[f"{name}_cpu_bound_mb_per_s"] = 4 * dim / result[f"{name}_cpu_us_per_vector"]
     result["write_bulk_over_naive"] = result["bulk_write_per_s"] / result["naive_write_per_s"]
     result["read_bulk_over_naive"] = result["bulk_read_per_s"] / result["naive_read_per_s"]
+    result["write_cpu_naive_over_bulk"] = (result["naive_write_cpu_us_per_vector"]
+                                           / result["bulk_write_cpu_us_per_vector"])
+    result["read_cpu_naive_over_bulk"] = (result["naive_read_cpu_us_per_vector"]
+                                          / result["bulk_read_cpu_us_per_vector"])
     log.info("store bench: %s", {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
     return result
+
+
+def _measure(store: Store, fn) -> dict[str, float]:
+    """Wall time, this process's CPU time and the servers' CPU time (where known) of ``fn()``."""
+    srv0 = store.server_cpu_seconds()
+    w0, c0 = time.perf_counter(), time.process_time()
+    count = fn()
+    out = {"count": count, "wall_s": time.perf_counter() - w0, "client_cpu_s": time.process_time() - c0}
+    srv1 = store.server_cpu_seconds()
+    if srv0 is not None and srv1 is not None:
+        out["server_cpu_s"] = srv1 - srv0
+    return out
 
 
 def ratios(result: dict, other: dict) -> dict:

@@ -267,6 +267,10 @@ class Store(ABC):
         """Rewrite what is derived from the records: counters, id watermark, id sets
         (and the set of claims, ``claimed``, where the backend keeps one)."""
 
+    def server_cpu_seconds(self) -> float | None:
+        """CPU seconds the server(s) have used so far (``None``: in-process, no server)."""
+        return None
+
     def maintenance(self) -> contextlib.AbstractContextManager:
         """Hold the namespace's maintenance lock (writers and repair exclude each other)."""
         return contextlib.nullcontext()

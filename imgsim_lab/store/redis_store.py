@@ -613,6 +613,17 @@ class RespStore(Store):
         finally:
             self._t.run([self._t.script("unclaim", [k.maint], [token])])
 
+    def server_cpu_seconds(self) -> float | None:
+        """Sum of ``used_cpu_user + used_cpu_sys`` over the server(s) (``INFO cpu``)."""
+        total = 0.0
+        for text in self._t.info_all("cpu"):
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            try:
+                total += float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+            except (KeyError, ValueError):
+                return None
+        return total
+
     def info(self) -> dict:
         """:meth:`Store.info` plus ``server``: ``kvrocks`` or ``redis`` (from ``INFO server``)."""
         out = super().info()

@@ -138,6 +138,10 @@ class Transport:
     def _on_failure(self, exc: Exception) -> None:
         log.info("store %s: %s, retrying", self.url, type(exc).__name__)
 
+    def info_all(self, section: str) -> list[str]:
+        """``INFO <section>`` of every server (every primary of a cluster), as text."""
+        raise NotImplementedError
+
     def _send_on(self, pool: redis.ConnectionPool, cmds: Sequence[bytes]) -> list:
         """All commands on one connection, then every reply (error replies as objects)."""
         conn = pool.get_connection()
@@ -219,6 +223,10 @@ class NodeTransport(Transport):
         for src, _ in SCRIPTS.values():
             self.client.script_load(src)
 
+    def info_all(self, section: str) -> list[str]:
+        raw = self.command("INFO", section)
+        return [raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)]
+
     def scan_keys(self, prefix: str) -> Iterator[str]:
         """SCAN without MATCH (Kvrocks MATCH is prefix-only and skips keys in clusters)."""
         p = prefix.encode()
@@ -270,6 +278,14 @@ class ClusterTransport(Transport):
             self.client.nodes_manager.initialize()
         except (redis.exceptions.RedisClusterException, *TRANSIENT) as e:
             log.info("cluster %s: slot map refresh failed: %s", self.url, e)
+
+    def info_all(self, section: str) -> list[str]:
+        out = []
+        for node in self.call(self.client.get_primaries):
+            pool = self.client.get_redis_connection(node).connection_pool
+            raw = self.call(self._send_on, pool, [pack(["INFO", section])])[0]
+            out.append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+        return out
 
     def load_scripts(self) -> None:
         for node in self.client.get_primaries():
