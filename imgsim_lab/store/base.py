@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,15 +36,16 @@ READ_BATCH = StoreConfig().read_batch
 
 
 def check_finite(encoded: Sequence[EncodedImage]) -> None:
-    """Reject NaN or infinity in any vector (one pass per vector, no joined copy)."""
+    """Reject NaN or infinity in any vector: one float64 sum per vector (NaN and infinity
+    propagate into it; float32 values cannot overflow a float64 sum of any practical length)."""
     for item in encoded:
         for model, data in item.vectors:
-            if not np.isfinite(np.frombuffer(data, dtype=np.float32)).all():
+            if not math.isfinite(np.frombuffer(data, dtype=np.float32).sum(dtype=np.float64)):
                 raise ValueError(f"embedding of {item.source!r} for model {model!r} "
                                  "contains NaN or infinity")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EncodedImage:
     """A validated :class:`NewImage`: its record values and its vectors encoded to bytes."""
 

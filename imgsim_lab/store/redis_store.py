@@ -81,7 +81,7 @@ def _fields(item: EncodedImage, t: float) -> list:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class _Image:
     """One distinct sha256 of a group: the first item with it, its first vector per model."""
 
