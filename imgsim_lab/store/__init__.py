@@ -6,7 +6,8 @@
 - ``redis://[user:password@]host:port/db`` or ``rediss://…`` — Apache Kvrocks (port
   6666 by default) or any Redis-protocol server;
 - ``redis+cluster://[user:password@]host:port[,host:port...]`` or ``rediss+cluster://…`` —
-  a Kvrocks cluster or a Redis Cluster (:mod:`imgsim_lab.store.cluster_store`).
+  a Kvrocks cluster or a Redis Cluster — the same :class:`~imgsim_lab.store.redis_store.RespStore`
+  over a cluster transport (:mod:`imgsim_lab.store.transport`).
 
 The URL is the argument, else ``$IMGSIM_KV_URL``, else the default. The key schema is
 documented in :mod:`imgsim_lab.store.schema`.

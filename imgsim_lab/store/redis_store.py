@@ -654,3 +654,8 @@ class RespStore(Store):
     def raw_set(self, key: str, value: bytes | str) -> None:
         self._check_writable()
         self._t.command("SET", key, value)
+
+
+#: The former names (single node, cluster): one class now.
+RedisStore = RespStore
+RedisClusterStore = RespStore
