@@ -174,8 +174,8 @@ class RedisClusterServers:
 # ---------------------------------------------------------------- Apache Kvrocks
 KVROCKS_HELP = ("Apache Kvrocks not found: set $KVROCKS_BIN to a kvrocks binary, put `kvrocks` on "
                 "PATH, or place it at ../shared/kvrocks/kvrocks (build it from "
-                "https://github.com/apache/kvrocks, or copy /var/lib/kvrocks/bin/kvrocks out of the "
-                "apache/kvrocks container image)")
+                "https://github.com/apache/kvrocks, or copy the kvrocks binary out of the "
+                "apache/kvrocks container image with docker cp)")
 
 
 def kvrocks_binary() -> str | None:
