@@ -296,13 +296,18 @@ class DropReplyProxy:
             pass
 
     def _down(self, server, client, state) -> None:
+        import contextlib
+        import socket
+
         try:
             while data := server.recv(1 << 16):
                 if state["drop"] and self.armed:
                     self.armed = False
                     time.sleep(1.0)  # let the server finish the request, then lose its reply
                     self.dropped = True
-                    for s in (client, server):
+                    for s in (client, server):  # shutdown wakes the other pump and sends FIN
+                        with contextlib.suppress(OSError):
+                            s.shutdown(socket.SHUT_RDWR)
                         s.close()
                     return
                 client.sendall(data)
