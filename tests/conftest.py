@@ -11,7 +11,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cluster_fixture import cluster_servers, cluster_url  # noqa: E402, F401
+from cluster_fixture import (  # noqa: E402, F401
+    BACKENDS,
+    SERVER_BACKENDS,
+    backend_param,
+    cluster_servers,
+    cluster_url,
+    kvrocks_cluster_servers,
+    kvrocks_cluster_url,
+    kvrocks_server,
+    kvrocks_url,
+    server_url_of,
+)
 from servers import RedisServer  # noqa: E402
 
 from imgsim_lab.store import open_store  # noqa: E402
@@ -52,11 +63,18 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["rocksdb", "redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+@pytest.fixture(params=[backend_param(b) for b in BACKENDS])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL on each of the five backends (servers shared by the whole run)."""
     if request.param == "rocksdb":
         return f"rocksdb:{tmp_path / 'kv'}"
-    return request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
+    return server_url_of(request, request.param)
+
+
+@pytest.fixture(params=[backend_param(b) for b in SERVER_BACKENDS])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A server shared by processes, on each of the four server backends."""
+    return server_url_of(request, request.param)
 
 
 @pytest.fixture

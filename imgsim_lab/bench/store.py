@@ -1,9 +1,15 @@
 """``imgsim bench store``: bulk versus one-command-per-round-trip writes and reads.
 
-Bulk: :meth:`Store.add_images` (one Lua call or WriteBatch per 256 records) and
+Reports wall-clock throughput and, because shared machines are loaded, CPU time per
+vector (this process plus the servers' ``used_cpu_*``): ``*_cpu_us_per_vector`` and
+``*_cpu_bound_mb_per_s`` (what one client core and one server core sustain) do not
+depend on how busy the machine is.
+
+Bulk: :meth:`Store.add_images` (one MULTI or WriteBatch per 256 records) and
 :meth:`Store.iter_embeddings` (MGET / multi-get of 1,000). Naive, the way the original
 demo did it: one SET per vector, then SCAN plus one GET per key. Both in one run, in a
-throw-away namespace that is flushed afterwards.
+namespace of its own (``imgsim-bench-<pid>-<random>``), flushed afterwards; a
+``--namespace`` that holds anything is refused, never flushed.
 
 ``--compare-kv URL2`` repeats the measurement on a second store in the same run (e.g. a
 cluster next to a single node) and adds its result as ``compare`` with the ratios
@@ -17,18 +23,20 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from imgsim_lab.cli._common import add_store_args
-from imgsim_lab.store import NewImage, Store, open_store
+from imgsim_lab.store import NewImage, Store, StoreError, open_store
 
 NAME = "store"
 HELP = "bulk vs naive write/read throughput of the store (vectors per second)"
 log = logging.getLogger(__name__)
 #: Throughputs compared by ``--compare-kv`` (ratio = second URL / first URL).
-RATIO_FIELDS = ("bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s", "naive_read_per_s")
+RATIO_FIELDS = ("bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s", "naive_read_per_s",
+                "bulk_write_cpu_bound_mb_per_s", "bulk_read_cpu_bound_mb_per_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,48 +45,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
     parser.add_argument("--naive-n", type=int, default=None,
                         help="vectors for the naive way (default: same as --n)")
-    parser.add_argument("--compare-kv", metavar="URL2", default=None,
-                        help="run the same measurement on a second store URL too and report "
-                             "its throughput relative to --kv (e.g. a cluster vs a single node)")
+    parser.add_argument("--compare-kv", metavar="URL2", action="append", default=None,
+                        help="run the same measurement on another store URL too and report its "
+                             "throughput relative to --kv (repeatable: e.g. a Kvrocks node, a "
+                             "Kvrocks cluster and a Redis Cluster next to redis-server)")
 
 
 def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
-    if store.backend != "rocksdb":
-        r = store._r  # noqa: SLF001 - the naive way talks to the raw client on purpose
-        for i, v in enumerate(vecs):
-            r.set(f"{ns}:naive:{i}", v.tobytes())
-    else:
-        db = store._db  # noqa: SLF001
-        for i, v in enumerate(vecs):
-            db.put(f"{ns}:naive:{i:012d}".encode(), v.tobytes())
+    """One SET per vector, one round trip each (through the store's raw access)."""
+    for i, v in enumerate(vecs):
+        store.raw_set(f"{ns}:naive:{i:012d}", v.tobytes())
 
 
 def _naive_read(store: Store, ns: str, dim: int) -> int:
+    """A full key scan, then one GET per key."""
     n = 0
-    if store.backend != "rocksdb":
-        r = store._r  # noqa: SLF001
-        for key in r.scan_iter(match=f"{ns}:naive:*", count=100):
-            np.frombuffer(r.get(key), np.float32, dim)
-            n += 1
-    else:
-        db = store._db  # noqa: SLF001
-        prefix = f"{ns}:naive:".encode()
-        keys = []
-        it = db.iter()
-        it.seek(prefix)
-        while it.valid() and it.key().startswith(prefix):
-            keys.append(it.key())
-            it.next()
-        for key in keys:
-            np.frombuffer(db.get(key), np.float32, dim)
-            n += 1
+    prefix = f"{ns}:naive:"
+    for key in [k for k in store.scan_keys() if k.startswith(prefix)]:
+        np.frombuffer(store.raw_get([key])[0], np.float32, dim)
+        n += 1
     return n
+
+
+def bench_namespace() -> str:
+    """A namespace of the benchmark's own, never a user's."""
+    return f"imgsim-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = None,
                     namespace: str | None = None) -> dict:
     """Measure bulk and naive throughput in one run; returns the JSON-able result."""
-    ns = namespace or f"bench{os.getpid()}"
+    ns = namespace or bench_namespace()
     naive_n = n if naive_n is None else naive_n
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim), dtype=np.float32)
@@ -87,52 +84,83 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
                       embeddings={"bench": vecs[i]}) for i in range(n)]
     mb = n * dim * 4 / 1e6
     with open_store(url, ns) as store:
-        store.flush()
+        if store.count() or store.model_info() or store.last_id():
+            raise StoreError(f"namespace {ns!r} of {store.url} is not empty: the benchmark writes and "
+                             "flushes a namespace of its own; leave --namespace out")
         store.register_model("bench", dim, "random")
-        t0 = time.perf_counter()
-        step = 4096
-        for s in tqdm(range(0, n, step), desc="bulk write", unit_scale=step, leave=False):
-            store.add_images(items[s : s + step])
-        bulk_write_s = time.perf_counter() - t0
+        phases: dict[str, dict[str, float]] = {}
 
-        t0 = time.perf_counter()
-        got = sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
-        bulk_read_s = time.perf_counter() - t0
-        assert got == n, f"read back {got} of {n} vectors"
+        def bulk_write() -> int:
+            step = 4096
+            for s in tqdm(range(0, n, step), desc="bulk write", unit_scale=step, leave=False):
+                store.add_images(items[s : s + step])
+            return n
 
-        t0 = time.perf_counter()
-        _naive_write(store, vecs[:naive_n], ns)
-        naive_write_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        got = _naive_read(store, ns, dim)
-        naive_read_s = time.perf_counter() - t0
+        def bulk_read() -> int:
+            return sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
+
+        phases["bulk_write"] = _measure(store, bulk_write)
+        phases["bulk_read"] = _measure(store, bulk_read)
+        assert phases["bulk_read"]["count"] == n, f"read back {phases['bulk_read']['count']} of {n} vectors"
+        phases["naive_write"] = _measure(store, lambda: _naive_write(store, vecs[:naive_n], ns) or naive_n)
+        phases["naive_read"] = _measure(store, lambda: _naive_read(store, ns, dim))
+        got = phases["naive_read"]["count"]
         assert got == naive_n, f"naive read {got} of {naive_n}"
         backend, shown_url = store.backend, store.url
+        server = store.info().get("server", backend)
         store.flush()
-    result = {
-        "backend": backend, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n,
-        "bulk_write_per_s": n / bulk_write_s, "bulk_read_per_s": n / bulk_read_s,
-        "naive_write_per_s": naive_n / naive_write_s, "naive_read_per_s": naive_n / naive_read_s,
-        "bulk_write_mb_per_s": mb / bulk_write_s, "bulk_read_mb_per_s": mb / bulk_read_s,
-        "bulk_read_s": bulk_read_s, "bulk_write_s": bulk_write_s,
-    }
+    result = {"backend": backend, "server": server, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n}
+    for name, ph in phases.items():
+        result[f"{name}_per_s"] = ph["count"] / ph["wall_s"]
+        result[f"{name}_s"] = ph["wall_s"]
+        cpu = ph["client_cpu_s"] + ph.get("server_cpu_s", 0.0)
+        result[f"{name}_cpu_us_per_vector"] = 1e6 * cpu / ph["count"]
+        result[f"{name}_client_cpu_us_per_vector"] = 1e6 * ph["client_cpu_s"] / ph["count"]
+    for name in ("bulk_write", "bulk_read"):
+        result[f"{name}_mb_per_s"] = mb / result[f"{name}_s"]
+        # what one core of client plus one of server could do: independent of other load
+        result[f"{name}_cpu_bound_mb_per_s"] = 4 * dim / result[f"{name}_cpu_us_per_vector"]
     result["write_bulk_over_naive"] = result["bulk_write_per_s"] / result["naive_write_per_s"]
     result["read_bulk_over_naive"] = result["bulk_read_per_s"] / result["naive_read_per_s"]
+    result["write_cpu_naive_over_bulk"] = (result["naive_write_cpu_us_per_vector"]
+                                           / result["bulk_write_cpu_us_per_vector"])
+    result["read_cpu_naive_over_bulk"] = (result["naive_read_cpu_us_per_vector"]
+                                          / result["bulk_read_cpu_us_per_vector"])
     log.info("store bench: %s", {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
     return result
 
 
-def compare(result: dict, other: dict) -> dict:
-    """``result`` with ``other`` as ``compare`` and per-field ratios other/result."""
-    ratios = {k: other[k] / result[k] for k in RATIO_FIELDS if result.get(k)}
+def _measure(store: Store, fn) -> dict[str, float]:
+    """Wall time, this process's CPU time and the servers' CPU time (where known) of ``fn()``."""
+    srv0 = store.server_cpu_seconds()
+    w0, c0 = time.perf_counter(), time.process_time()
+    count = fn()
+    out = {"count": count, "wall_s": time.perf_counter() - w0, "client_cpu_s": time.process_time() - c0}
+    srv1 = store.server_cpu_seconds()
+    if srv0 is not None and srv1 is not None:
+        out["server_cpu_s"] = srv1 - srv0
+    return out
+
+
+def ratios(result: dict, other: dict) -> dict:
+    """Per-field throughput ratios other/result."""
+    out = {k: other[k] / result[k] for k in RATIO_FIELDS if result.get(k)}
     log.info("store bench: %s over %s: %s", other["url"], result["url"],
-             {k: round(v, 2) for k, v in ratios.items()})
-    return {**result, "compare": other, "compare_ratios": ratios}
+             {k: round(v, 2) for k, v in out.items()})
+    return out
+
+
+def compare(result: dict, others: list[dict]) -> dict:
+    """``result`` with the first other store as ``compare`` (+ ``compare_ratios``) and all of
+    them, each with its ratios, in ``compares``."""
+    if not others:
+        return result
+    rows = [{**o, "ratios": ratios(result, o)} for o in others]
+    return {**result, "compare": others[0], "compare_ratios": rows[0]["ratios"], "compares": rows}
 
 
 def run(args: argparse.Namespace) -> dict:
     result = run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)
-    if args.compare_kv:
-        other = run_store_bench(args.compare_kv, args.n, args.dim, args.naive_n, args.namespace)
-        result = compare(result, other)
-    return result
+    others = [run_store_bench(url, args.n, args.dim, args.naive_n, args.namespace)
+              for url in args.compare_kv or ()]
+    return compare(result, others)

@@ -20,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
     from imgsim_lab.check import check_store
     from imgsim_lab.store import open_store
 
-    with open_store(args.kv, args.namespace) as store:
+    # never creates a store; read-only unless repairing (a connection error exits 2, see cli.main)
+    with open_store(args.kv, args.namespace, read_only=not args.repair and _embedded(args.kv),
+                    must_exist=True) as store:
         report = check_store(store, repair=args.repair)
     out = report.to_dict()
     write_json(out, args.json_out)
@@ -29,3 +31,10 @@ def run(args: argparse.Namespace) -> int:
     verdict = "ok" if report.ok else f"{out['unrepaired']} problem(s) left"
     print(f"{report.records} records, embeddings {report.models}: {verdict}")
     return 0 if report.ok else 1
+
+
+def _embedded(url: str | None) -> bool:
+    from imgsim_lab import config
+    from imgsim_lab.store import parse_url
+
+    return parse_url(config.kv_url(url))[0] == "rocksdb"

@@ -17,12 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_store(args.kv, args.namespace, read_only=_read_only(args.kv)) as store:
+    with open_store(args.kv, args.namespace, read_only=_read_only(args.kv), must_exist=True) as store:
         info = store.info()
     if args.json:
         print(write_json(info, None))
         return 0
-    print(f"store      {info['url']} ({info['backend']}), namespace {info['namespace']}")
+    kind = info['backend'] + (f", {info['server']}" if 'server' in info else '')
+    print(f"store      {info['url']} ({kind}), namespace {info['namespace']}")
     print(f"images     {info['images']} (last id {info['last_id']})")
     if not info["models"]:
         print("models     none yet")
@@ -32,11 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_only(url: str | None) -> bool:
-    """Embedded stores are read as a secondary, so ``info`` works while another process writes."""
-    from pathlib import Path
-
+    """Embedded stores are read as a secondary, so ``info`` works while another process writes
+    (and a missing one is ``no store at …``, never created)."""
     from imgsim_lab import config
     from imgsim_lab.store import parse_url
 
-    scheme, target = parse_url(config.kv_url(url))
-    return scheme == "rocksdb" and (Path(target) / "CURRENT").exists()
+    return parse_url(config.kv_url(url))[0] == "rocksdb"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import (
     ModelMismatchError,
     ReadOnlyStoreError,
@@ -27,33 +30,36 @@ from imgsim_lab.store.schema import (
 
 log = logging.getLogger(__name__)
 
-#: Records per atomic write (one Lua call / one WriteBatch).
-WRITE_BATCH = 256
+#: Records per atomic write (one MULTI / one WriteBatch).
+WRITE_BATCH = StoreConfig().write_batch
 #: Vectors per bulk read (one MGET / one multi-get).
-READ_BATCH = 1000
+READ_BATCH = StoreConfig().read_batch
 
 
 def check_finite(encoded: Sequence[EncodedImage]) -> None:
-    """Reject NaN or infinity in any vector, checked on all of them at once."""
-    blob = b"".join(data for item in encoded for _, data in item.vectors)
-    if blob and not np.isfinite(np.frombuffer(blob, dtype=np.float32)).all():
-        for item in encoded:
-            for model, data in item.vectors:
-                if not np.isfinite(np.frombuffer(data, dtype=np.float32)).all():
-                    raise ValueError(f"embedding of {item.source!r} for model {model!r} "
-                                     "contains NaN or infinity")
+    """Reject NaN or infinity in any vector: one float64 sum per vector (NaN and infinity
+    propagate into it; float32 values cannot overflow a float64 sum of any practical length)."""
+    for item in encoded:
+        for model, data in item.vectors:
+            if not math.isfinite(np.frombuffer(data, dtype=np.float32).sum(dtype=np.float64)):
+                raise ValueError(f"embedding of {item.source!r} for model {model!r} "
+                                 "contains NaN or infinity")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EncodedImage:
-    """A validated :class:`NewImage` with its vectors already encoded to bytes."""
+    """A validated :class:`NewImage`: its record values and its vectors encoded to bytes."""
 
     sha256: str
-    source: str
-    width: int
-    height: int
-    label: str | None
+    values: dict  # record field -> value, from NewImage.record_values()
     vectors: tuple[tuple[str, bytes], ...]
+
+    @property
+    def source(self) -> str:
+        return str(self.values.get("source"))
+
+    def record(self, image_id: int, added: float) -> Record:
+        return Record(id=image_id, added=added, **self.values)
 
 
 class Store(ABC):
@@ -147,8 +153,7 @@ class Store(ABC):
                 vectors.append((model, vec.tobytes()))  # fast path; finiteness checked per batch
             else:
                 vectors.append((model, encode_vector(vec, dim, model)))
-        return EncodedImage(item.sha256, str(item.source), int(item.width), int(item.height),
-                            None if item.label is None else str(item.label), tuple(vectors))
+        return EncodedImage(item.sha256, item.record_values(), tuple(vectors))
 
     def _add_batches(self, batches: list[list[EncodedImage]]) -> list[AddResult]:
         """Write batches in order; backends may overlap them (the Redis one pipelines)."""
@@ -237,10 +242,57 @@ class Store(ABC):
         parts = [np.array([r.id for r in chunk], np.int64) for chunk in self.iter_records(after_id)]
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
-    # ------------------------------------------------- raw access (for `imgsim check`)
+    # ------------------------------------------ inventory (for `imgsim check`, `--repair`)
+    # What the store holds, enumerated through what the schema declares (id range 1..seq,
+    # the id sets, the claim set), never through a SCAN MATCH. Connection errors raise
+    # StoreConnectionError: they are never mistaken for damaged data.
     @abstractmethod
-    def raw_scan(self, prefix: str) -> Iterator[str]:
-        """Every key of this namespace starting with ``prefix`` (a full key prefix)."""
+    def inventory_records(self) -> Iterator[list[tuple[int, dict | None]]]:
+        """``(id, raw fields)`` of every existing record key, in chunks (fields unparsed)."""
+
+    @abstractmethod
+    def inventory_embeddings(self, model: str) -> Iterator[list[tuple[int, int]]]:
+        """``(id, byte length)`` of every existing embedding of ``model``, in chunks."""
+
+    @abstractmethod
+    def inventory_claims(self) -> Iterator[list[tuple[str, bytes | None]]]:
+        """``(sha256, raw value)`` of every hash claim the store lists, in chunks."""
+
+    @abstractmethod
+    def scan_keys(self) -> Iterator[str]:
+        """Every key of this namespace a full keyspace scan returns (no ``MATCH``: it can
+        skip keys on Kvrocks clusters). Only for finding strays: absence here proves nothing."""
+
+    def derived_problems(self, record_ids: Sequence[int],
+                         embedding_ids: dict[str, Sequence[int]]) -> list[str]:
+        """How counters, watermark and id sets disagree with these records and embeddings."""
+        out = []
+        if self.count() != len(record_ids):
+            out.append(f"count {self.count()} != {len(record_ids)} records")
+        top = max([0, *record_ids, *(i for ids in embedding_ids.values() for i in ids)])
+        if self.last_id() < top:
+            out.append(f"watermark {self.last_id()} is behind id {top}")
+        infos = self.model_info()
+        for name, ids in embedding_ids.items():
+            if name in infos and infos[name].count != len(ids):
+                out.append(f"model {name}: count {infos[name].count} != {len(ids)} embeddings")
+        return out
+
+    @abstractmethod
+    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]],
+                        claimed: Sequence[str] | None = None) -> None:
+        """Rewrite what is derived from the records: counters, id watermark, id sets
+        (and the set of claims, ``claimed``, where the backend keeps one)."""
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU seconds the server(s) have used so far (``None``: in-process, no server)."""
+        return None
+
+    def maintenance(self) -> contextlib.AbstractContextManager:
+        """Hold the namespace's maintenance lock (writers and repair exclude each other)."""
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------- raw access (for `imgsim check`)
 
     @abstractmethod
     def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -257,10 +309,6 @@ class Store(ABC):
     @abstractmethod
     def raw_set(self, key: str, value: bytes | str) -> None:
         """Set a plain string key."""
-
-    @abstractmethod
-    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]]) -> None:
-        """Rewrite what is derived from the records: counters, id watermark, id sets."""
 
     def info(self) -> dict:
         """A JSON-able summary: images, models (dim, count, version), backend, url, namespace."""

@@ -23,6 +23,10 @@ class StoreLockedError(StoreError):
     """The embedded RocksDB store is held for writing by another process."""
 
 
+class StoreNotFoundError(StoreError):
+    """A read-only command named a store that does not exist (nothing is created)."""
+
+
 class ReadOnlyStoreError(StoreError):
     """A write was attempted on a store opened read-only."""
 

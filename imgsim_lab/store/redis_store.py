@@ -1,335 +1,467 @@
-"""Redis-protocol backend (``redis://`` and ``rediss://``): Apache Kvrocks or Redis.
+"""Redis-protocol backend: Apache Kvrocks or Redis, one node or a cluster.
 
-Only commands Kvrocks supports are used: strings, hashes, sets, sorted sets, SCAN,
-pipelines and EVAL. A batch of records is added by one Lua script, so the hash claim,
-the record, its embeddings and the counters change together or not at all, and
-concurrent writers of the same image create exactly one record. Connections speak
-RESP2 (``protocol=2``): Kvrocks does unless configured otherwise.
+One class, :class:`RespStore`, holds the protocol; a :mod:`~imgsim_lab.store.transport`
+(one node, or a cluster) carries it. Only commands Kvrocks supports are used (strings,
+hashes, sets, sorted sets, SCAN, pipelines, MULTI/EXEC, EVAL); every Lua script takes
+all its keys from KEYS (:mod:`~imgsim_lab.store.scripts`); connections speak RESP2.
+
+Write protocol of :meth:`add_images`, per group of images (claim first):
+
+1. read the hash claims (``GET <ns>:sha:<sha256>``), the maintenance lock, and renew
+   this writer's lease in ``<ns>:writers``;
+2. reserve ids for unclaimed images (script ``reserve``: ``INCRBY <ns>:seq`` and the
+   range listed in ``<ns>:inflight{<ns>:seq}`` until it is indexed, so :meth:`last_id`,
+   the committed watermark, never passes an id that is not listed yet);
+3. **one node**: one ``MULTI``: ``MSET`` of the new images' vectors (outside Lua: the
+   vectors cross at wire speed) and the ``commit`` script, which per image claims the
+   hash (``SET`` if absent), writes the record, lists it in ``<ns>:ids``,
+   ``<ns>:eids:<model>`` and ``<ns>:shas``, fills missing embeddings of an existing
+   record (``SET NX``), and removes the vectors of an image whose claim another writer
+   won — all or nothing; **cluster**: ``SET NX`` the claims (listed in ``<ns>:shas``
+   first), then per block of 100 ids one ``record`` script on the block's slot
+   (records and embeddings if absent, vectors in ARGV), then ``ZADD`` the id sets;
+4. drop the in-flight reservation.
+
+A claim equal to an id this call reserved is ours, so a call replayed after a lost reply
+reports ``created`` right. On a cluster a crash can leave a claim whose record is not
+written yet; the next add of that image completes the record at the claimed id, and
+``imgsim check --repair`` removes what no one completes. Counts are ``ZCARD`` of the id
+sets (exact and live; Kvrocks' ``DBSIZE`` is not).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from imgsim_lab.store.base import READ_BATCH, EncodedImage, Store
-from imgsim_lab.store.errors import (
-    CorruptDataError,
-    StoreAuthError,
-    StoreConnectionError,
-    StoreError,
-)
-from imgsim_lab.store.resp import pack, run_packed
-from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_many, now
+from imgsim_lab.store.base import EncodedImage, Store
+from imgsim_lab.store.config import StoreConfig
+from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
+from imgsim_lab.store.resp import pack
+from imgsim_lab.store.schema import IMAGE_FIELDS, AddResult, Keys, ModelInfo, Record, decode_many, now
+from imgsim_lab.store.transport import Routed, connect
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-RETRIES = 3
-TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
-# ARGV: ns, time, n, then per image: sha, source, width, height, has_label, label, n_emb,
-# then per embedding: model, bytes. Returns per image {id, created, model...}.
-# Few redis.call()s per image (their overhead dominates): claims are read with one MGET,
-# ids come from one read of the sequence, and hash claims, embeddings, id sets and
-# counters are written with one multi-key command each per batch.
-ADD_LUA = """
-local ns, t, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local unpack = table.unpack or unpack
-local p = 4
-local items = {}
-local shakeys = {}
-for i = 1, n do
-  local it = {sha = ARGV[p], src = ARGV[p+1], w = ARGV[p+2], h = ARGV[p+3],
-              haslabel = ARGV[p+4], label = ARGV[p+5], emb = {}}
-  local ne = tonumber(ARGV[p+6])
-  p = p + 7
-  for j = 1, ne do
-    it.emb[j] = {ARGV[p], p + 1}
-    p = p + 2
-  end
-  items[i] = it
-  shakeys[i] = ns .. ':sha:' .. it.sha
-end
-local claimed = redis.call('MGET', unpack(shakeys))
-local seq = tonumber(redis.call('GET', ns .. ':seq') or '0')
-local new_in_batch = {}
-local created_n = 0
-local msets = {}
-local zids = {}
-local zemb = {}
-local out = {}
-for i = 1, n do
-  local it = items[i]
-  local id = claimed[i] and tonumber(claimed[i]) or new_in_batch[it.sha]
-  local created = 0
-  if not id then
-    seq = seq + 1
-    id = seq
-    created = 1
-    created_n = created_n + 1
-    new_in_batch[it.sha] = id
-    local ikey = ns .. ':img:' .. string.format('{%012d}', id)
-    if it.haslabel == '1' then
-      redis.call('HSET', ikey, 'id', id, 'sha256', it.sha, 'source', it.src, 'width', it.w,
-                 'height', it.h, 'added', t, 'label', it.label)
-    else
-      redis.call('HSET', ikey, 'id', id, 'sha256', it.sha, 'source', it.src, 'width', it.w,
-                 'height', it.h, 'added', t)
-    end
-    msets[#msets + 1] = shakeys[i]
-    msets[#msets + 1] = id
-    zids[#zids + 1] = id
-    zids[#zids + 1] = id
-  end
-  local tag = string.format('{%012d}', id)
-  local res = {id, created}
-  for j = 1, #it.emb do
-    local model, argi = it.emb[j][1], it.emb[j][2]
-    local ekey = ns .. ':emb:' .. model .. ':' .. tag
-    local pending = zemb[model] and zemb[model].seen[ekey]
-    if not pending and (created == 1 or redis.call('EXISTS', ekey) == 0) then
-      if not zemb[model] then zemb[model] = {z = {}, seen = {}} end
-      zemb[model].seen[ekey] = true
-      local z = zemb[model].z
-      z[#z + 1] = id
-      z[#z + 1] = id
-      msets[#msets + 1] = ekey
-      msets[#msets + 1] = ARGV[argi]
-      res[#res + 1] = model
-    end
-  end
-  out[i] = res
-end
-local CH = 4000
-for s = 1, #msets, CH do
-  redis.call('MSET', unpack(msets, s, math.min(s + CH - 1, #msets)))
-end
-if created_n > 0 then
-  redis.call('SET', ns .. ':seq', seq)
-  redis.call('INCRBY', ns .. ':count', created_n)
-  for s = 1, #zids, CH do
-    redis.call('ZADD', ns .. ':ids', unpack(zids, s, math.min(s + CH - 1, #zids)))
-  end
-end
-for model, e in pairs(zemb) do
-  for s = 1, #e.z, CH do
-    redis.call('ZADD', ns .. ':eids:' .. model, unpack(e.z, s, math.min(s + CH - 1, #e.z)))
-  end
-  redis.call('HINCRBY', ns .. ':model:' .. model, 'count', #e.z / 2)
-end
-return out
-"""
-
-# ARGV: ns, then model names...; KEYS unused. Deletes ids given after a '--' marker.
-DELETE_LUA = """
-local ns = ARGV[1]
-local nm = tonumber(ARGV[2])
-local removed = 0
-for i = 3 + nm, #ARGV do
-  local id = tonumber(ARGV[i])
-  local tag = string.format('{%012d}', id)
-  local ikey = ns .. ':img:' .. tag
-  local sha = redis.call('HGET', ikey, 'sha256')
-  if sha then
-    removed = removed + 1
-    redis.call('DEL', ikey)
-    local shakey = ns .. ':sha:' .. sha
-    if tonumber(redis.call('GET', shakey)) == id then redis.call('DEL', shakey) end
-    redis.call('ZREM', ns .. ':ids', id)
-    redis.call('DECR', ns .. ':count')
-    for j = 3, 2 + nm do
-      local model = ARGV[j]
-      if redis.call('DEL', ns .. ':emb:' .. model .. ':' .. tag) == 1 then
-        redis.call('ZREM', ns .. ':eids:' .. model, id)
-        redis.call('HINCRBY', ns .. ':model:' .. model, 'count', -1)
-      end
-    end
-  end
-end
-return removed
-"""
-
-REGISTER_LUA = """
-local key = ARGV[1] .. ':model:' .. ARGV[2]
-if redis.call('EXISTS', key) == 0 then
-  redis.call('HSET', key, 'dim', ARGV[3], 'version', ARGV[4], 'count', 0)
-  redis.call('SADD', ARGV[1] .. ':models', ARGV[2])
-end
-return redis.call('HGETALL', key)
-"""
+#: Rounds before giving up on an image that keeps being claimed or deleted under us.
+MAX_ROUNDS = 5
+#: Members per ZADD/ZREM/SADD command.
+CHUNK = 4000
+#: A record field value that is not stored (``None``) in the commit script's arguments.
+ABSENT = b"\0"
 
 
-def connect(url: str, redacted: str, **kwargs) -> redis.Redis:
-    """A redis-py client speaking RESP2 with bounded retries of transient errors."""
-    try:
-        client = redis.Redis.from_url(
-            url, protocol=2, socket_connect_timeout=5, socket_timeout=60,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
-            retry_on_error=list(TRANSIENT), health_check_interval=30, **kwargs)
-    except ValueError as exc:
-        raise StoreError(f"invalid Redis URL {redacted}: {exc}") from None
-    return client
+def _pairs(raw: list) -> dict:
+    return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
-class RedisStore(Store):
-    """Store on a Redis-protocol server; see the module docstring."""
+def _values(item: EncodedImage) -> list:
+    """The record's declared field values, in IMAGE_FIELDS order ("\0" where absent)."""
+    vals = item.values
+    return [ABSENT if (v := vals[f]) is None else (repr(v) if type(v) is float else v)
+            for f in IMAGE_FIELDS]
 
-    backend = "redis"
+
+def _fields(item: EncodedImage, t: float) -> list:
+    """Record hash field/value pairs (``id`` is added by the script), from the declared fields."""
+    out: list = []
+    for k, v in {**item.values, "added": t}.items():
+        if v is not None:
+            out += [k, repr(v) if isinstance(v, float) else v]
+    return out
+
+
+@dataclass(slots=True)
+class _Image:
+    """One distinct sha256 of a group: the first item with it, its first vector per model."""
+
+    item: EncodedImage
+    first: int
+    vectors: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    id: int = 0
+    fresh: bool = False  # id reserved by this call
+    created: bool = False
+    added: set[str] = field(default_factory=set)
+
+
+class RespStore(Store):
+    """Store on a Redis-protocol server or cluster; see the module docstring."""
 
     def __init__(self, url: str, redacted: str, namespace: str, read_only: bool = False,
-                 client: redis.Redis | None = None) -> None:
+                 config: StoreConfig | None = None) -> None:
         super().__init__(redacted, namespace, read_only)
-        from urllib.parse import unquote, urlsplit
-
-        password = urlsplit(url).password
-        self._secret = unquote(password) if password else None
-        self._r = client or connect(url, redacted)
-        self._add = self._r.register_script(ADD_LUA)
-        self._del = self._r.register_script(DELETE_LUA)
-        self._reg = self._r.register_script(REGISTER_LUA)
-        self._call(self._r.ping)
-
-    def _call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run one client call, turning connection failures into clear store errors."""
-        try:
-            return fn(*args, **kwargs)
-        except redis.exceptions.AuthenticationError:
-            raise StoreAuthError(f"authentication to {self.url} failed: wrong user or password") from None
-        except redis.exceptions.ResponseError as exc:
-            text = str(exc)
-            if "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
-                raise StoreAuthError(f"{self.url} refused the credentials or command: "
-                                     f"{text.split(' ', 1)[0]}") from None
-            raise StoreError(f"{self.url} answered an error: {text[:200]}") from None
-        except TRANSIENT as exc:
-            raise StoreConnectionError(
-                f"cannot reach the store at {self.url} after {RETRIES} retries: "
-                f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}. Is the server running?") from None
-
-    def _scrub(self, text: str) -> str:
-        """Remove the password from a message, whatever the library put in it."""
-        secret = getattr(self, "_secret", None)
-        return text.replace(secret, "***") if secret else text
+        self.config = config or StoreConfig.from_env()
+        self._t = connect(url, redacted, self.config)
+        self.backend = "redis" if self._t.single else "redis-cluster"
+        self._writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._leased = False
+        self._maint_token: str | None = None
+        k = self.keys
+        self._inflight = f"{k.ns}:inflight{{{k.seq}}}"  # same slot as <ns>:seq
 
     def close(self) -> None:
-        self._r.close()
+        if self._leased:
+            with contextlib.suppress(StoreError):
+                self._t.command("ZREM", self.keys.writers, self._writer)
+        self._t.close()
 
-    # ----------------------------------------------------------------- models
+    # --------------------------------------------------------------- helpers
+    def _get_all(self, keys: Sequence[str], cmd: str = "GET") -> list:
+        """One single-key command per key, grouped into MGET per block where it is GET."""
+        if cmd == "GET" and keys:
+            return self._mget(keys)
+        head = b"*2\r\n$%d\r\n%s\r\n" % (len(cmd), cmd.encode())
+        return self._t.run([(k, b"%s$%d\r\n%s\r\n" % (head, len(k), k.encode())) for k in keys])
+
+    def _mget(self, keys: Sequence[str]) -> list:
+        """Values of keys: one MGET per slot group (one node: per 1,000 keys)."""
+        if self._t.single:
+            step = self.config.read_batch
+            groups = [list(range(s, min(s + step, len(keys)))) for s in range(0, len(keys), step)]
+        else:
+            by_tag: dict[str, list[int]] = {}
+            for i, k in enumerate(keys):
+                lo = k.find("{")
+                hi = k.find("}", lo + 1) if lo >= 0 else -1
+                by_tag.setdefault(k[lo + 1 : hi] if lo >= 0 and hi > lo + 1 else k, []).append(i)
+            groups = list(by_tag.values())
+        replies = self._t.run([(keys[g[0]], pack(["MGET", *(keys[i] for i in g)])) for g in groups])
+        out: list = [None] * len(keys)
+        for g, vals in zip(groups, replies, strict=True):
+            for i, v in zip(g, vals, strict=True):
+                out[i] = v
+        return out
+
+    def _zcmd(self, cmd: str, key: str, members: Sequence) -> list[Routed]:
+        members = list(members)
+        out = []
+        for s in range(0, len(members), CHUNK):
+            part = members[s : s + CHUNK]
+            args = [x for i in part for x in (i, i)] if cmd == "ZADD" else part
+            out.append((key, pack([cmd, key, *args])))
+        return out
+
+    def _atomic(self, routed: list[Routed]) -> list:
+        """One node: the commands in one MULTI/EXEC; returns EXEC's replies."""
+        key = routed[0][0]
+        replies = self._t.run([(key, pack(["MULTI"])), *routed, (key, pack(["EXEC"]))])
+        return replies[-1]
+
+    def _models(self) -> list[str]:
+        return sorted(n.decode() for n in self._t.command("SMEMBERS", self.keys.models))
+
+    # ---------------------------------------------------------------- models
     def _register_model(self, name: str, dim: int, version: str) -> ModelInfo:
-        raw = self._call(self._reg, args=[self.namespace, name, dim, version])
-        f = dict(zip(raw[::2], raw[1::2], strict=True))
-        return self._model_from(name, f)
+        key = self.keys.model(name)
+        raw = self._t.run([self._t.script("register", [key], [dim, version])])[0]
+        self._t.command("SADD", self.keys.models, name)  # after the facts: a crash is healed by retrying
+        return self._model_from(name, _pairs(raw), 0)
 
     @staticmethod
-    def _model_from(name: str, f: dict) -> ModelInfo:
+    def _model_from(name: str, f: dict, count: int) -> ModelInfo:
         try:
-            return ModelInfo(name, int(f[b"dim"]), f[b"version"].decode(), int(f.get(b"count", 0)))
+            return ModelInfo(name, int(f[b"dim"]), f[b"version"].decode(), int(count))
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise CorruptDataError(f"model facts of {name!r} are malformed: {exc}") from None
 
     def model_info(self) -> dict[str, ModelInfo]:
-        names = sorted(n.decode() for n in self._call(self._r.smembers, self.keys.models))
-        pipe = self._r.pipeline(transaction=False)
-        for n in names:
-            pipe.hgetall(self.keys.model(n))
-        rows = self._call(pipe.execute) if names else []
-        return {n: self._model_from(n, f) for n, f in zip(names, rows, strict=True) if f}
+        names = self._models()
+        routed = [r for n in names for r in ((self.keys.model(n), pack(["HGETALL", self.keys.model(n)])),
+                                              (self.keys.eids(n), pack(["ZCARD", self.keys.eids(n)])))]
+        replies = self._t.run(routed)
+        return {n: self._model_from(n, _pairs(replies[2 * i]), replies[2 * i + 1])
+                for i, n in enumerate(names) if replies[2 * i]}
 
-    # ----------------------------------------------------------------- writes
+    # ---------------------------------------------------------------- writes
     def _add_encoded(self, batch: Sequence[EncodedImage]) -> list[AddResult]:
         return self._add_batches([list(batch)])
 
     def _add_batches(self, batches: list[list[EncodedImage]]) -> list[AddResult]:
-        commands = [self._pack_add(b) for b in batches if b]
+        items = [it for b in batches for it in b]
+        step = self.config.write_group
+        return [r for s in range(0, len(items), step) for r in self._add_group(items[s : s + step])]
 
-        def send() -> list:
-            try:
-                return run_packed(self._r, commands, RETRIES)
-            except redis.exceptions.NoScriptError:  # server restarted or SCRIPT FLUSH
-                self._r.script_load(ADD_LUA)
-                return run_packed(self._r, commands, RETRIES)
-
-        replies = self._call(send)
-        return [AddResult(int(r[0]), bool(int(r[1])), tuple(m.decode() for m in r[2:]))
-                for rows in replies for r in rows]
-
-    def _pack_add(self, batch: Sequence[EncodedImage]) -> bytes:
-        args: list = ["EVALSHA", self._add.sha, 0, self.namespace, repr(now()), len(batch)]
-        for it in batch:
-            args += [it.sha256, it.source, it.width, it.height,
-                     "0" if it.label is None else "1", it.label or "", len(it.vectors)]
+    def _add_group(self, items: Sequence[EncodedImage]) -> list[AddResult]:
+        images: dict[str, _Image] = {}
+        for i, it in enumerate(items):
+            img = images.setdefault(it.sha256, _Image(it, i))
             for model, data in it.vectors:
-                args += [model, data]
-        return pack(args)
+                img.vectors.setdefault(model, (data, i))
+        pending = list(images.values())
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                break
+            pending = self._add_round(pending)
+        if pending:
+            raise StoreError(f"{self.url}: {len(pending)} images kept being claimed or deleted "
+                             "by other writers; try again")
+        credit: list[set[str]] = [set() for _ in items]
+        for img in images.values():
+            for model in img.added:
+                credit[img.vectors[model][1]].add(model)
+        out = []
+        for i, it in enumerate(items):
+            img = images[it.sha256]
+            out.append(AddResult(img.id, img.created and img.first == i,
+                                 tuple(m for m, _ in it.vectors if m in credit[i])))
+        return out
+
+    def _start_round(self, shas: Sequence[str]) -> list:
+        """Step 1: claims, the maintenance lock, and this writer's lease, in one round trip."""
+        k = self.keys
+        lease = time.time() + self.config.writer_lease
+        claim_keys = [k.sha(sh) for sh in shas]
+        if self._t.single:
+            step = self.config.read_batch
+            reads = [(k.maint, pack(["MGET", *claim_keys[s : s + step]])) for s in range(0, len(shas), step)]
+        else:
+            reads = [(key, pack(["GET", key])) for key in claim_keys]
+        replies = self._t.run([(k.writers, pack(["ZADD", k.writers, lease, self._writer])),
+                               (k.maint, pack(["GET", k.maint])), *reads])
+        self._leased = True
+        if replies[1] is not None:
+            raise StoreLockedError(f"namespace {self.namespace!r} of {self.url} is under maintenance "
+                                   f"by {replies[1].decode('utf-8', 'replace')}: try again when it ends")
+        if self._t.single:
+            return [v for vals in replies[2:] for v in vals]
+        return replies[2:]
+
+    def _reserve(self, n: int) -> tuple[int, str]:
+        """Step 2: ``n`` new ids; returns the first and the in-flight member to drop later."""
+        k = self.keys
+        expiry = time.time() + self.config.writer_lease
+        lo = int(self._t.run([self._t.script("reserve", [k.seq, self._inflight],
+                                             [n, self._writer, f"{expiry:.0f}"])])[0])
+        return lo, f"{lo}:{self._writer}:{expiry:.0f}"
+
+    def _add_round(self, images: list[_Image]) -> list[_Image]:
+        claims = self._start_round([im.item.sha256 for im in images])
+        fresh = []
+        for im, c in zip(images, claims, strict=True):
+            if c is None:
+                fresh.append(im)
+            else:
+                im.id, im.fresh = int(c), False
+        member = None
+        if fresh:
+            lo, member = self._reserve(len(fresh))
+            for j, im in enumerate(fresh):
+                im.id, im.fresh = lo + j, True
+        done = [(self._inflight, pack(["ZREM", self._inflight, member]))] if member else []
+        try:
+            if self._t.single:
+                retry = self._commit_single(images, done)
+                done = []  # sent after the commits, in the same round trip
+                return retry
+            return self._commit_cluster(images)
+        finally:
+            if done:
+                self._t.run(done)
+
+    def _commit_single(self, images: list[_Image], after: list[Routed]) -> list[_Image]:
+        """Step 3 on one node: per batch of ``write_batch`` images one MULTI with the MSET of
+        new vectors and the commit script; all batches (then ``after``) in one round trip."""
+        step = self.config.write_batch
+        batches = [images[s : s + step] for s in range(0, len(images), step)]
+        blocks = [self._commit_block(b) for b in batches]
+        replies = self._t.run([c for b in blocks for c in b] + after)
+        retry = []
+        pos = 0
+        for batch, block in zip(batches, blocks, strict=True):
+            pos += len(block)
+            rows = replies[pos - 1][-1]  # EXEC's replies; the commit script's is the last
+            if isinstance(rows, Exception):
+                raise StoreError(f"{self.url}: commit failed: {rows}")
+            retry += self._commit_results(batch, rows)
+        return retry
+
+    def _commit_block(self, images: list[_Image]) -> list[Routed]:
+        k = self.keys
+        models = sorted({m for im in images for m in im.vectors})
+        midx = {m: i + 1 for i, m in enumerate(models)}
+        keys = [k.ids, k.shas, *(k.eids(m) for m in models)]
+        args: list = [len(models), len(images), len(IMAGE_FIELDS), *IMAGE_FIELDS, repr(now())]
+        mset: list = ["MSET"]
+        sha_key, img_key, emb_key = k.sha, k.img, k.emb
+        for im in images:
+            ekeys = [emb_key(m, im.id) for m in im.vectors]
+            keys += [sha_key(im.item.sha256), img_key(im.id), *ekeys]
+            args += [im.id, 1 if im.fresh else 0, len(ekeys)]
+            for ekey, (m, (data, _)) in zip(ekeys, im.vectors.items(), strict=True):
+                args.append(midx[m])
+                if im.fresh:
+                    mset += [ekey, data]
+                else:
+                    args.append(data)
+            args += _values(im.item)
+        routed = [(k.ids, pack(mset))] if len(mset) > 1 else []
+        routed.append(self._t.script("commit", keys, args, inline=True))
+        return [(k.ids, pack(["MULTI"])), *routed, (k.ids, pack(["EXEC"]))]
+
+    @staticmethod
+    def _commit_results(images: list[_Image], rows: list) -> list[_Image]:
+        retry = []
+        for im, row in zip(images, rows, strict=True):
+            rid, state, *written = (int(x) for x in row)
+            if state == 1:
+                im.created, im.added = True, set(im.vectors)
+            elif state == 0:
+                im.added = {m for m, w in zip(im.vectors, written, strict=True) if w}
+            else:  # -1: another writer's claim won (its id), -2: the claim changed
+                im.id = rid
+                retry.append(im)
+        return retry
+
+    def _commit_cluster(self, images: list[_Image]) -> list[_Image]:
+        """Step 3 on a cluster: claims, then one record script per block, then the id sets."""
+        k = self.keys
+        fresh = [im for im in images if im.fresh]
+        if fresh:
+            self._t.run([r for s in range(0, len(fresh), CHUNK)
+                         for r in [(k.shas, pack(["SADD", k.shas, *(im.item.sha256
+                                                                    for im in fresh[s : s + CHUNK])]))]])
+            won = self._t.run([(k.sha(im.item.sha256), pack(["SET", k.sha(im.item.sha256), im.id, "NX"]))
+                               for im in fresh])
+            lost = [im for im, w in zip(fresh, won, strict=True) if w is None]
+            if lost:
+                now_ids = self._mget([k.sha(im.item.sha256) for im in lost])
+                for im, v in zip(lost, now_ids, strict=True):
+                    if v is None or int(v) != im.id:  # not a replay of our own claim
+                        im.fresh = False
+                        im.id = 0 if v is None else int(v)
+        retry = [im for im in images if im.id == 0]
+        todo = [im for im in images if im.id != 0]
+        blocks: dict[int, list[_Image]] = {}
+        for im in todo:
+            blocks.setdefault(Keys.block(im.id), []).append(im)
+        t = now()
+        routed = []
+        for group in blocks.values():
+            keys: list = []
+            args: list = [len(group)]
+            for im in group:
+                keys += [k.img(im.id), *(k.emb(m, im.id) for m in im.vectors)]
+                args += [im.id, len(im.vectors), *(data for data, _ in im.vectors.values())]
+                fields = _fields(im.item, t)
+                args += [len(fields) // 2, *fields]
+            routed.append(self._t.script("record", keys, args))
+        replies = self._t.run(routed)
+        for group, rows in zip(blocks.values(), replies, strict=True):
+            for im, row in zip(group, rows, strict=True):
+                flags = [int(x) for x in row[1:]]
+                if im.fresh:
+                    im.created, im.added = True, set(im.vectors)
+                else:
+                    im.added = {m for m, w in zip(im.vectors, flags, strict=True) if w}
+        by_model: dict[str, list[int]] = {}
+        for im in todo:
+            for m in im.vectors:
+                by_model.setdefault(m, []).append(im.id)
+        self._t.run([*self._zcmd("ZADD", k.ids, [im.id for im in todo]),
+                     *(r for m, ids in by_model.items() for r in self._zcmd("ZADD", k.eids(m), ids))])
+        return retry
 
     def _delete(self, ids: Sequence[int]) -> int:
-        models = list(self.model_info())
-        return int(self._call(self._del, args=[self.namespace, len(models), *models, *ids]))
+        """Unlist, then drop records with embeddings, then unclaim (a claim may outlive its
+        record for a moment, never the reverse); one MULTI on one node."""
+        k = self.keys
+        self._start_round([])
+        models = self._models()
+        shas = self._t.run([(k.img(i), pack(["HGET", k.img(i), "sha256"])) for i in ids])
+        found = [(int(i), s.decode()) for i, s in zip(ids, shas, strict=True) if s is not None]
+        if not found:
+            return 0
+        fids = [i for i, _ in found]
+        unlist = [*self._zcmd("ZREM", k.ids, fids),
+                  *(r for m in models for r in self._zcmd("ZREM", k.eids(m), fids))]
+        blocks: dict[int, list[int]] = {}
+        for i in fids:
+            blocks.setdefault(Keys.block(i), []).append(i)
+        drop = [self._t.script("drop", [*(k.img(i) for i in b), *(k.emb(m, i) for i in b for m in models)],
+                               [len(b)]) for b in blocks.values()]
+        unclaim = [self._t.script("unclaim", [k.sha(s)], [i]) for i, s in found]
+        if self._t.single:
+            srem = (k.shas, pack(["SREM", k.shas, *(s for _, s in found)]))
+            replies = self._atomic([*unlist, *drop, *unclaim, srem])
+            return sum(int(r) for r in replies[len(unlist) : len(unlist) + len(drop)])
+        self._t.run(unlist)
+        removed = sum(int(r) for r in self._t.run(drop))
+        gone = self._t.run(unclaim)
+        freed = [s for (_, s), g in zip(found, gone, strict=True) if int(g)]
+        if freed:
+            self._t.run([(k.shas, pack(["SREM", k.shas, *freed]))])
+        return removed
 
     def flush(self) -> int:
+        """DEL every key of the namespace (found by a full SCAN, filtered here)."""
         self._check_writable()
-        removed = 0
-        batch: list[bytes] = []
-        for key in self._r.scan_iter(match=f"{self.namespace}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                removed += self._call(self._r.delete, *batch)
-                batch = []
-        if batch:
-            removed += self._call(self._r.delete, *batch)
+        keys = list(self._t.scan_keys(self.keys.prefix))
+        removed = sum(int(r) for r in self._get_all(keys, "DEL")) if keys else 0
         self._dims.clear()
         return removed
 
-    # ------------------------------------------------------------------ reads
+    # ----------------------------------------------------------------- reads
     def _int(self, key: str) -> int:
-        v = self._call(self._r.get, key)
+        v = self._t.command("GET", key)
         try:
             return int(v) if v is not None else 0
         except ValueError:
             raise CorruptDataError(f"{key} holds {v[:20]!r}, not an integer") from None
 
     def count(self) -> int:
-        return self._int(self.keys.count)
+        return int(self._t.command("ZCARD", self.keys.ids))
 
-    def last_id(self) -> int:
+    def seq(self) -> int:
+        """The highest id handed out (some may still be in flight)."""
         return self._int(self.keys.seq)
 
+    def last_id(self) -> int:
+        """The committed watermark: below every id reserved but not yet listed."""
+        seq, inflight = self._t.run([(self.keys.seq, pack(["GET", self.keys.seq])),
+                                     (self._inflight, pack(["ZRANGE", self._inflight, 0, -1]))])
+        try:
+            top = int(seq) if seq is not None else 0
+        except ValueError:
+            raise CorruptDataError(f"{self.keys.seq} holds {seq[:20]!r}, not an integer") from None
+        t = time.time()
+        for m in inflight:  # "<lo>:<writer>:<expiry>"
+            text = m.decode("ascii", "replace")
+            lo, expiry = text.split(":", 1)[0], text.rsplit(":", 1)[1]
+            if float(expiry) > t:
+                top = min(top, int(lo) - 1)
+        return top
+
     def get_records(self, ids: Sequence[int]) -> list[Record | None]:
-        pipe = self._r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(self.keys.img(int(i)))
-        rows = self._call(pipe.execute) if len(ids) else []
-        return [Record.from_fields(f) if f else None for f in rows]
+        rows = self._get_all([self.keys.img(int(i)) for i in ids], "HGETALL")
+        return [Record.from_fields(_pairs(f)) if f else None for f in rows]
 
     def ids_for_hashes(self, shas: Sequence[str]) -> list[int | None]:
-        if not shas:
-            return []
-        vals = self._call(self._r.mget, [self.keys.sha(s) for s in shas])
+        vals = self._mget([self.keys.sha(s) for s in shas]) if len(shas) else []
         return [None if v is None else int(v) for v in vals]
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(ids):
             return ids.astype(np.int64), np.empty((0, dim), np.float32)
-        vals = self._call(self._r.mget, [self.keys.emb(model, int(i)) for i in ids])
+        vals = self._mget([self.keys.emb(model, int(i)) for i in ids])
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
         if not len(ids):
             return np.zeros(0, bool)
-        pipe = self._r.pipeline(transaction=False)
-        for i in ids:
-            pipe.exists(self.keys.emb(model, int(i)))
-        return np.array(self._call(pipe.execute), bool)
+        return np.array(self._get_all([self.keys.emb(model, int(i)) for i in ids], "EXISTS"), bool)
 
     def _ids_after(self, zkey: str, after_id: int, limit: int) -> list[int]:
-        raw = self._call(self._r.zrangebyscore, zkey, f"({int(after_id)}", "+inf", start=0, num=limit)
+        raw = self._t.command("ZRANGEBYSCORE", zkey, f"({int(after_id)}", "+inf", "LIMIT", 0, limit)
         return [int(x) for x in raw]
 
     def iter_embeddings(self, model: str, after_id: int = 0,
@@ -342,9 +474,7 @@ class RedisStore(Store):
             if not ids:
                 return
             arr = np.array(ids, np.int64)
-            parts = [self._get_embeddings(model, dim, arr[s : s + READ_BATCH])
-                     for s in range(0, len(arr), READ_BATCH)]
-            yield np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            yield self._get_embeddings(model, dim, arr)
             last = ids[-1]
 
     def iter_records(self, after_id: int = 0, chunk_size: int = 1000) -> Iterator[list[Record]]:
@@ -358,55 +488,174 @@ class RedisStore(Store):
 
     def embedding_ids(self, model: str) -> np.ndarray:
         """Ids in the model's id set (what iteration will visit)."""
-        raw = self._call(self._r.zrangebyscore, self.keys.eids(model), "-inf", "+inf")
+        raw = self._t.command("ZRANGEBYSCORE", self.keys.eids(model), "-inf", "+inf")
         return np.array([int(x) for x in raw], np.int64)
 
     def all_ids(self, after_id: int = 0) -> np.ndarray:
-        raw = self._call(self._r.zrangebyscore, self.keys.ids, f"({int(after_id)}", "+inf")
+        raw = self._t.command("ZRANGEBYSCORE", self.keys.ids, f"({int(after_id)}", "+inf")
         return np.array([int(x) for x in raw], np.int64)
 
-    # ------------------------------------------------------------ raw access
-    def raw_scan(self, prefix: str) -> Iterator[str]:
-        for key in self._r.scan_iter(match=prefix.replace("{", "[{]").replace("}", "[}]") + "*", count=1000):
-            yield key.decode("utf-8", "replace")
+    # ------------------------------------------------------------- inventory
+    def _candidate_ids(self, zkey: str) -> Iterator[list[int]]:
+        """Ids 1..seq (every id ever handed out) plus any listed above it, in chunks."""
+        top = self.seq()
+        extra = sorted(i for i in (int(x) for x in self._t.command("ZRANGE", zkey, 0, -1)) if i > top)
+        step = 2000
+        for s in range(1, top + 1, step):
+            yield list(range(s, min(s + step, top + 1)))
+        if extra:
+            yield extra
 
+    def inventory_records(self) -> Iterator[list[tuple[int, dict | None]]]:
+        for ids in self._candidate_ids(self.keys.ids):
+            rows = self._t.run([(self.keys.img(i), pack(["HGETALL", self.keys.img(i)])) for i in ids],
+                               raise_errors=False)
+            out = []
+            for i, f in zip(ids, rows, strict=True):
+                if isinstance(f, Exception):
+                    out.append((i, {"_raw": f"unreadable: {str(f)[:80]}"}))
+                elif f:
+                    out.append((i, {a.decode("utf-8", "replace"): b.decode("utf-8", "replace")
+                                    for a, b in _pairs(f).items()}))
+            if out:
+                yield out
+
+    def inventory_embeddings(self, model: str) -> Iterator[list[tuple[int, int]]]:
+        for ids in self._candidate_ids(self.keys.eids(model)):
+            keys = [self.keys.emb(model, i) for i in ids]
+            rows = self._t.run([(key, pack(["STRLEN", key])) for key in keys], raise_errors=False)
+            out = [(i, -1 if isinstance(n, Exception) else int(n)) for i, n in zip(ids, rows, strict=True)
+                   if isinstance(n, Exception) or int(n) > 0]
+            if out:
+                yield out
+
+    def inventory_claims(self) -> Iterator[list[tuple[str, bytes | None]]]:
+        shas = sorted(s.decode("utf-8", "replace") for s in self._t.command("SMEMBERS", self.keys.shas))
+        for s in range(0, len(shas), 2000):
+            part = shas[s : s + 2000]
+            yield list(zip(part, self._t.run([(self.keys.sha(h), pack(["GET", self.keys.sha(h)]))
+                                              for h in part], raise_errors=False), strict=True))
+
+    def scan_keys(self) -> Iterator[str]:
+        return self._t.scan_keys(self.keys.prefix)
+
+    def derived_problems(self, record_ids: Sequence[int],
+                         embedding_ids: dict[str, Sequence[int]]) -> list[str]:
+        out = []
+        if list(self.all_ids()) != sorted(record_ids):
+            out.append(f"{self.keys.ids} does not list exactly the {len(record_ids)} records")
+        for name, ids in embedding_ids.items():
+            if list(self.embedding_ids(name)) != sorted(ids):
+                out.append(f"{self.keys.eids(name)} does not list exactly the {len(ids)} embeddings")
+        top = max([0, *record_ids, *(i for ids in embedding_ids.values() for i in ids)])
+        if self.seq() < top:
+            out.append(f"watermark {self.seq()} is behind id {top}")
+        return out
+
+    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]],
+                        claimed: Sequence[str] | None = None) -> None:
+        """Make the id sets list exactly these ids (and ``<ns>:shas`` these claims), and the
+        watermark cover them (never moved down)."""
+        self._check_writable()
+        k = self.keys
+        routed = self._sync_set(k.ids, {int(i) for i in record_ids}, zset=True)
+        for name, ids in embedding_ids.items():
+            routed += self._sync_set(k.eids(name), {int(i) for i in ids}, zset=True)
+            routed.append((k.models, pack(["SADD", k.models, name])))
+        if claimed is not None:
+            routed += self._sync_set(k.shas, set(claimed), zset=False)
+        top = max([0, *record_ids, *(i for ids in embedding_ids.values() for i in ids)])
+        gap = int(top) - self.seq()
+        if gap > 0:
+            routed.append((k.seq, pack(["INCRBY", k.seq, gap])))
+        self._t.run(routed)
+
+    def _sync_set(self, key: str, want: set, zset: bool) -> list[Routed]:
+        if zset:
+            have = {int(x) for x in self._t.command("ZRANGE", key, 0, -1)}
+        else:
+            have = {x.decode() for x in self._t.command("SMEMBERS", key)}
+        add, rem = sorted(want - have), sorted(have - want)
+        if zset:
+            return [*self._zcmd("ZADD", key, add), *self._zcmd("ZREM", key, rem)]
+        return [(key, pack([cmd, key, *part])) for cmd, xs in (("SADD", add), ("SREM", rem))
+                for part in (xs[s : s + CHUNK] for s in range(0, len(xs), CHUNK)) if part]
+
+    @contextlib.contextmanager
+    def maintenance(self) -> Iterator[None]:
+        """Take ``<ns>:maint`` (SET NX, expiring), then wait for live writers' leases to end.
+
+        Writers check the lock at every round and stop; a second repair is refused. Both
+        errors name the holder.
+        """
+        self._check_writable()
+        k = self.keys
+        token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "cmd": " ".join(sys.argv)[:200], "since": round(time.time()),
+                            "id": uuid.uuid4().hex[:8]})
+        ttl = int(1000 * max(600, 10 * self.config.maintenance_wait))
+        if self._t.command("SET", k.maint, token, "NX", "PX", ttl) is None:
+            holder = self._t.command("GET", k.maint)
+            raise StoreLockedError(f"namespace {self.namespace!r} of {self.url} is already under "
+                                   f"maintenance by {(holder or b'?').decode('utf-8', 'replace')}")
+        try:
+            deadline = time.monotonic() + self.config.maintenance_wait
+            while True:
+                live = [w.decode() for w in self._t.command("ZRANGEBYSCORE", k.writers, time.time(), "+inf")
+                        if w.decode() != self._writer]
+                if not live:
+                    break
+                if time.monotonic() > deadline:
+                    raise StoreLockedError(f"namespace {self.namespace!r} of {self.url} has live writers "
+                                           f"({', '.join(live[:5])}): stop them, then repair")
+                time.sleep(0.2)
+            yield
+        finally:
+            self._t.run([self._t.script("unclaim", [k.maint], [token])])
+
+    def server_cpu_seconds(self) -> float | None:
+        """Sum of ``used_cpu_user + used_cpu_sys`` over the server(s) (``INFO cpu``)."""
+        total = 0.0
+        for text in self._t.info_all("cpu"):
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            try:
+                total += float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+            except (KeyError, ValueError):
+                return None
+        return total
+
+    def info(self) -> dict:
+        """:meth:`Store.info` plus ``server``: ``kvrocks`` or ``redis`` (from ``INFO server``)."""
+        out = super().info()
+        text = self._t.command("INFO", "server")
+        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        out["server"] = "kvrocks" if "kvrocks_version" in raw else "redis"
+        return out
+
+    # ------------------------------------------------------------ raw access
     def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        pipe = self._r.pipeline(transaction=False)
-        for k in keys:
-            pipe.get(k)
-        return self._call(pipe.execute, raise_on_error=False)
+        return [None if isinstance(v, Exception) else v
+                for v in self._t.run([(key, pack(["GET", key])) for key in keys], raise_errors=False)]
 
     def raw_record(self, image_id: int) -> dict | None:
-        try:
-            f = self._call(self._r.hgetall, self.keys.img(image_id))
-        except StoreError:  # not a hash
+        key = self.keys.img(image_id)
+        f = self._t.run([(key, pack(["HGETALL", key]))], raise_errors=False)[0]
+        if isinstance(f, Exception):
             return {"_raw": "wrong type"}
-        return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in f.items()} or None
+        return {a.decode("utf-8", "replace"): b.decode("utf-8", "replace")
+                for a, b in _pairs(f).items()} or None
 
     def raw_delete(self, keys: Sequence[str]) -> int:
         self._check_writable()
-        return int(self._call(self._r.delete, *keys)) if keys else 0
+        return sum(int(r) for r in self._get_all(list(keys), "DEL")) if keys else 0
 
     def raw_set(self, key: str, value: bytes | str) -> None:
         self._check_writable()
-        self._call(self._r.set, key, value)
+        self._t.command("SET", key, value)
 
-    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]]) -> None:
-        self._check_writable()
-        k = self.keys
-        top = max([self.last_id(), *record_ids, *(i for ids in embedding_ids.values() for i in ids)])
-        pipe = self._r.pipeline(transaction=True)
-        pipe.set(k.count, len(record_ids))
-        pipe.set(k.seq, top)
-        pipe.delete(k.ids)
-        for s in range(0, len(record_ids), 4000):
-            pipe.zadd(k.ids, {str(i): i for i in record_ids[s : s + 4000]})
-        for name, ids in embedding_ids.items():
-            pipe.delete(k.eids(name))
-            for s in range(0, len(ids), 4000):
-                pipe.zadd(k.eids(name), {str(i): i for i in ids[s : s + 4000]})
-            pipe.hset(k.model(name), "count", len(ids))
-            pipe.sadd(k.models, name)
-        self._call(pipe.execute)
+
+#: The former names (single node, cluster): one class now.
+RedisStore = RespStore
+RedisClusterStore = RespStore

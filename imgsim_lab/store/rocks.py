@@ -26,13 +26,14 @@ import numpy as np
 from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch
 
 from imgsim_lab.store.base import EncodedImage, Store
+from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
 from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, decode_many, now
 
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "imgsim-writer.json"
-DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_LOCK_TIMEOUT = StoreConfig().lock_timeout
 
 
 def _options(create: bool) -> Options:
@@ -54,6 +55,42 @@ def _owner(path: Path) -> str:
         return "another process (unknown: no owner file)"
 
 
+def _json_fields(v: bytes) -> dict:
+    """A stored record's fields, unparsed; ``{"_raw": …}`` when it is not a JSON object."""
+    try:
+        obj = json.loads(v)
+    except (ValueError, UnicodeDecodeError):
+        return {"_raw": v[:100]}
+    return obj if isinstance(obj, dict) else {"_raw": v[:100]}
+
+
+SECONDARY_PREFIX = "imgsim-rocks-secondary-"
+
+
+def _remove_stale_secondaries() -> None:
+    """Remove secondary-reader temp dirs whose process is gone (killed kernels, failed opens)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{SECONDARY_PREFIX}*"):
+        pid_text = d.name[len(SECONDARY_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+def _lock_contention(exc: Exception) -> bool:
+    """Is this rocksdict error RocksDB failing to take the LOCK file (another writer)?
+
+    RocksDB's PosixEnv::LockFile reports ``While lock file: <path>/LOCK: …`` (another
+    process) or ``lock hold by current process`` (this one); nothing else is contention.
+    """
+    text = str(exc)
+    return "LOCK" in text and ("While lock file" in text or "lock hold by current process" in text)
+
+
 class RocksStore(Store):
     """Embedded store; see the module docstring for the locking rules."""
 
@@ -68,9 +105,15 @@ class RocksStore(Store):
         if read_only:
             if not (self.path / "CURRENT").exists():
                 raise StoreError(f"no RocksDB store at {self.path} yet: ingest something first")
-            self._secondary_dir = tempfile.mkdtemp(prefix="imgsim-rocks-secondary-")
-            self._db = Rdict(str(self.path), _options(False),
-                             access_type=AccessType.secondary(self._secondary_dir))
+            _remove_stale_secondaries()
+            self._secondary_dir = tempfile.mkdtemp(prefix=f"{SECONDARY_PREFIX}{os.getpid()}-")
+            try:
+                self._db = Rdict(str(self.path), _options(False),
+                                 access_type=AccessType.secondary(self._secondary_dir))
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception
+                shutil.rmtree(self._secondary_dir, ignore_errors=True)
+                self._db = None
+                raise StoreError(f"cannot open RocksDB store {self.path} read-only: {exc}") from None
         else:
             self._db = self._open_writer(lock_timeout)
 
@@ -83,7 +126,7 @@ class RocksStore(Store):
                 db = Rdict(str(self.path), _options(True))
                 break
             except Exception as exc:  # rocksdict raises a bare Exception on lock errors
-                if "lock" not in str(exc).lower():
+                if not _lock_contention(exc):
                     raise StoreError(f"cannot open RocksDB store {self.path}: {exc}") from exc
                 if time.monotonic() >= deadline:
                     raise StoreLockedError(
@@ -150,13 +193,16 @@ class RocksStore(Store):
             opts.fill_cache(False)
             opts.set_readahead_size(readahead)
         it = self._db.iter(opts)
-        it.seek((start or prefix).encode())
-        while it.valid():
-            k = it.key()
-            if not k.startswith(p):
-                break
-            yield k, it.value()
-            it.next()
+        try:
+            it.seek((start or prefix).encode())
+            while it.valid():
+                k = it.key()
+                if not k.startswith(p):
+                    break
+                yield k, it.value()
+                it.next()
+        finally:
+            del it  # an abandoned scan frees its RocksDB iterator at once
 
     # ----------------------------------------------------------------- models
     def _register_model(self, name: str, dim: int, version: str) -> ModelInfo:
@@ -206,8 +252,7 @@ class RocksStore(Store):
                     count += 1
                     image_id = new_ids[item.sha256] = seq
                     created = True
-                    rec = Record(image_id, item.sha256, item.source, item.width, item.height,
-                                 item.label, t)
+                    rec = item.record(image_id, t)
                     wb.put(k.img(image_id).encode(), rec.to_json())
                     wb.put(k.sha(item.sha256).encode(), str(image_id).encode())
                 ekeys = [k.emb(m, image_id).encode() for m, _ in item.vectors]
@@ -315,8 +360,9 @@ class RocksStore(Store):
         # read ahead about one chunk (capped at 8 MB): long scans stream, short samples stay cheap
         readahead = min(8 << 20, chunk_size * nbytes) if chunk_size >= 1024 else 0
         for key, val in self._scan(prefix, start, readahead):
-            # keys end in "{<id12>}": parse the fixed-width id without a search
-            image_id = int(key[-13:-1]) if key[-14:-13] == b"{" else self.keys.id_from_key(key)
+            # keys end in "{<10 digits>}<2 digits>": parse the fixed-width id without a search
+            image_id = (int(key[-13:-3] + key[-2:]) if key[-14:-13] == b"{" and key[-3:-2] == b"}"
+                        else self.keys.id_from_key(key))
             if len(val) != nbytes:
                 decode_into(out, n, val, dim, model, image_id)  # raises CorruptDataError
             out[n] = np.frombuffer(val, np.float32)
@@ -341,24 +387,53 @@ class RocksStore(Store):
         if chunk:
             yield chunk
 
-    # ------------------------------------------------------------ raw access
-    def raw_scan(self, prefix: str) -> Iterator[str]:
+    # ------------------------------------------------------------- inventory
+    def _chunks(self, prefix: str, row, size: int = 1000) -> Iterator[list]:
         self.refresh()
-        for key, _ in self._scan(prefix):
+        chunk: list = []
+        for key, val in self._scan(prefix):
+            try:
+                image_id = self.keys.id_from_key(key)
+            except CorruptDataError:
+                continue  # not a record/embedding key: scan_keys reports it
+            chunk.append(row(image_id, val))
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def inventory_records(self) -> Iterator[list[tuple[int, dict | None]]]:
+        return self._chunks(self.keys.img_prefix, lambda i, v: (i, _json_fields(v)))
+
+    def inventory_embeddings(self, model: str) -> Iterator[list[tuple[int, int]]]:
+        return self._chunks(self.keys.emb_prefix(model), lambda i, v: (i, len(v)))
+
+    def inventory_claims(self) -> Iterator[list[tuple[str, bytes | None]]]:
+        self.refresh()
+        prefix = f"{self.namespace}:sha:"
+        chunk = []
+        for key, val in self._scan(prefix):
+            chunk.append((key.decode("utf-8", "replace")[len(prefix):], val))
+            if len(chunk) == 1000:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def scan_keys(self) -> Iterator[str]:
+        self.refresh()
+        for key, _ in self._scan(self.keys.prefix):
             yield key.decode("utf-8", "replace")
+
+    # ------------------------------------------------------------ raw access
 
     def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
         return self._db.get([k.encode() for k in keys]) if keys else []
 
     def raw_record(self, image_id: int) -> dict | None:
         v = self._get(self.keys.img(image_id))
-        if v is None:
-            return None
-        try:
-            obj = json.loads(v)
-        except (ValueError, UnicodeDecodeError):
-            return {"_raw": v[:100]}
-        return obj if isinstance(obj, dict) else {"_raw": v[:100]}
+        return None if v is None else _json_fields(v)
 
     def raw_delete(self, keys: Sequence[str]) -> int:
         self._check_writable()
@@ -374,7 +449,8 @@ class RocksStore(Store):
         self._check_writable()
         self._db.put(key.encode(), value if isinstance(value, bytes) else value.encode())
 
-    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]]) -> None:
+    def rebuild_derived(self, record_ids: Sequence[int], embedding_ids: dict[str, Sequence[int]],
+                        claimed: Sequence[str] | None = None) -> None:
         self._check_writable()
         k = self.keys
         with self._lock:

@@ -1,22 +1,33 @@
 """The declared schema of what the store keeps, shared by every backend.
 
-Keys (``<ns>`` is the namespace, ``<id12>`` the image id zero-padded to 12 digits so
-that byte order is id order; the ``{<id12>}`` hash tag keeps one record's keys in
-one Redis Cluster slot)::
+Keys (``<ns>`` is the namespace; ``<id>`` is the image id zero-padded to 12 digits,
+written ``{<first 10 digits>}<last 2 digits>`` — byte order is id order, and the
+``{…}`` hash tag puts a block of 100 consecutive ids, all keys of each of their records,
+in one Redis Cluster slot, so a block is read with one MGET and written with one script)::
 
-    <ns>:seq                      last id handed out (the id watermark)
-    <ns>:count                    number of image records (kept by us: Kvrocks' DBSIZE is not live)
+    <ns>:seq                      last id handed out (the id watermark); ids only grow
+    <ns>:count                    number of image records                  (RocksDB only)
     <ns>:epoch                    random token naming this incarnation of the namespace (new after a flush)
-    <ns>:img:{<id12>}             the record: id, sha256, source, width, height, label, added
-    <ns>:sha:<sha256>             -> id, claimed once (SETNX semantics)
-    <ns>:emb:<model>:{<id12>}     embedding, raw little-endian float32, len == 4 * dim
-    <ns>:model:<model>            model facts: dim, version, count
-    <ns>:models                   set of model names              (Redis backend only)
-    <ns>:ids                      sorted set of image ids         (Redis backend only)
-    <ns>:eids:<model>             sorted set of ids with an embedding of <model> (Redis only)
+    <ns>:img:<id>                 the record: the fields of :class:`Record`
+    <ns>:sha:<sha256>             -> id, claimed once (SET NX)
+    <ns>:emb:<model>:<id>         embedding, raw little-endian float32, len == 4 * dim
+    <ns>:model:<model>            model facts: dim, version (and count on RocksDB)
+    <ns>:models                   set of model names                       (Redis only)
+    <ns>:ids                      sorted set of image ids                  (Redis only)
+    <ns>:eids:<model>             sorted set of ids with a <model> embedding (Redis only)
+    <ns>:shas                     set of claimed sha256 values              (Redis only)
+    <ns>:maint                    maintenance lock held by a repair          (Redis only)
+    <ns>:writers                  sorted set of live writers, score = lease expiry (Redis only)
 
-On Redis/Kvrocks a record and model facts are hashes; in RocksDB they are JSON objects
-and the sorted sets are not needed because keys iterate in byte order.
+On Redis/Kvrocks a record and model facts are hashes, counts are the sizes of the id
+sets (``ZCARD``: live and idempotent); in RocksDB they are JSON objects and keys iterate
+in byte order, so the sets are not needed. What the store holds is enumerated through
+these declared sets and the id range ``1..seq``, never through ``SCAN MATCH`` (Kvrocks
+in cluster mode skips keys in such scans).
+
+Record fields are declared once, by :class:`NewImage` (what a caller gives) and
+:class:`Record` (that plus ``id`` and ``added``); every backend encodes them from the
+dataclass fields, so adding an optional field means editing only those two classes.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -35,8 +46,12 @@ from imgsim_lab.store.errors import CorruptDataError, DimensionMismatchError
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 ID_WIDTH = 12
+#: Trailing id digits outside the hash tag: ids ``100·b … 100·b + 99`` share one tag (slot).
+BLOCK_DIGITS = 2
+BLOCK = 10**BLOCK_DIGITS
+#: Length of the id suffix of a record or embedding key: ``{`` 10 digits ``}`` 2 digits.
+ID_SUFFIX_LEN = ID_WIDTH + 2
 VECTOR_DTYPE = np.dtype("<f4")
-RECORD_FIELDS = ("id", "sha256", "source", "width", "height", "label", "added")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -57,7 +72,14 @@ class Keys:
 
     @staticmethod
     def tag(image_id: int) -> str:
-        return f"{{{image_id:0{ID_WIDTH}d}}}"
+        """The id suffix ``{<10 digits>}<2 digits>``; the braces hold the block's hash tag."""
+        digits = f"{int(image_id):0{ID_WIDTH}d}"
+        return f"{{{digits[:-BLOCK_DIGITS]}}}{digits[-BLOCK_DIGITS:]}"
+
+    @staticmethod
+    def block(image_id: int) -> int:
+        """Ids of one block share a hash tag, hence a cluster slot."""
+        return int(image_id) // BLOCK
 
     @property
     def prefix(self) -> str:
@@ -109,20 +131,37 @@ class Keys:
     def eids(self, model: str) -> str:
         return f"{self.ns}:eids:{model}"
 
+    @property
+    def shas(self) -> str:
+        return f"{self.ns}:shas"
+
+    @property
+    def maint(self) -> str:
+        return f"{self.ns}:maint"
+
+    @property
+    def writers(self) -> str:
+        return f"{self.ns}:writers"
+
     @staticmethod
     def id_from_key(key: str | bytes) -> int:
-        """The id in the trailing ``{<id12>}`` tag of a record or embedding key."""
+        """The id in the trailing ``{<10 digits>}<2 digits>`` of a record or embedding key."""
         if isinstance(key, bytes):
             key = key.decode("ascii", "replace")
-        try:
-            return int(key[key.rindex("{") + 1 : key.rindex("}")])
-        except ValueError as exc:
-            raise CorruptDataError(f"malformed key {key!r}") from exc
+        tail = key[-ID_SUFFIX_LEN:]
+        if (len(tail) != ID_SUFFIX_LEN or tail[0] != "{" or tail[-BLOCK_DIGITS - 1] != "}"
+                or not (tail[1:-BLOCK_DIGITS - 1] + tail[-BLOCK_DIGITS:]).isdigit()):
+            raise CorruptDataError(f"malformed key {key!r}")
+        return int(tail[1:-BLOCK_DIGITS - 1] + tail[-BLOCK_DIGITS:])
 
 
 @dataclass(frozen=True)
 class NewImage:
-    """An image to add: its facts and, optionally, embeddings by model key."""
+    """An image to add: its facts and, optionally, embeddings by model key.
+
+    Every field but ``embeddings`` is stored in the record; an optional field (default
+    ``None``) added here and to :class:`Record` is stored and read back by every backend.
+    """
 
     sha256: str
     source: str
@@ -137,10 +176,14 @@ class NewImage:
         if int(self.width) <= 0 or int(self.height) <= 0:
             raise ValueError(f"width and height must be positive, got {self.width}x{self.height}")
 
+    def record_values(self) -> dict[str, str | int | float | None]:
+        """The record fields this image gives (all of NewImage's fields but ``embeddings``)."""
+        return {name: _coerce(name, getattr(self, name), RECORD_TYPES[name]) for name in IMAGE_FIELDS}
+
 
 @dataclass(frozen=True)
 class Record:
-    """One stored image's metadata."""
+    """One stored image's metadata: ``id``, the :class:`NewImage` fields, ``added``."""
 
     id: int
     sha256: str
@@ -151,32 +194,37 @@ class Record:
     added: float
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "sha256": self.sha256, "source": self.source, "width": self.width,
-                "height": self.height, "label": self.label, "added": self.added}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_fields(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.as_dict().items() if v is not None}
+        """Redis hash fields: every field that is not ``None``, as text."""
+        return {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in self.as_dict().items()
+                if v is not None}
 
     def to_json(self) -> bytes:
         return json.dumps(self.as_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_fields(cls, fields: Mapping) -> Record:
+    def from_fields(cls, raw: Mapping) -> Record:
         """Parse and validate fields read back (Redis hash or JSON); never trust them."""
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-             for k, v in fields.items()}
         try:
-            rec = cls(
-                id=int(f["id"]),
-                sha256=str(f["sha256"]),
-                source=str(f["source"]),
-                width=int(f["width"]),
-                height=int(f["height"]),
-                label=None if f.get("label") in (None, "") else str(f["label"]),
-                added=float(f["added"]),
-            )
+            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in raw.items()}
+        except UnicodeDecodeError as exc:
+            raise CorruptDataError(f"record fields are not UTF-8: {exc}") from None
+        values = {}
+        try:
+            for name, (typ, optional) in RECORD_TYPES.items():
+                v = f.get(name)
+                if v is None or (optional and v == ""):
+                    if not optional:
+                        raise KeyError(name)
+                    values[name] = None
+                else:
+                    values[name] = typ(v) if typ is not str else str(v)
+            rec = cls(**values)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptDataError(f"malformed record fields {sorted(f)}: {exc}") from exc
+            raise CorruptDataError(f"malformed record fields {sorted(f)}: {exc!r}") from exc
         if (not SHA_RE.match(rec.sha256) or rec.id <= 0 or rec.width <= 0 or rec.height <= 0
                 or not math.isfinite(rec.added)):
             raise CorruptDataError(f"record {rec.id} has invalid field values")
@@ -191,6 +239,33 @@ class Record:
         if not isinstance(obj, dict):
             raise CorruptDataError("record is not a JSON object")
         return cls.from_fields(obj)
+
+
+def _field_type(annotation: str) -> tuple[type, bool]:
+    """``(parser, optional)`` of a record field's annotation (``int``, ``str | None`` …)."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    optional = "None" in parts
+    base = next(p for p in parts if p != "None")
+    return {"int": int, "float": float, "str": str}[base], optional
+
+
+#: Record field name -> (type, optional), declared by the :class:`Record` dataclass.
+RECORD_TYPES: dict[str, tuple[type, bool]] = {f.name: _field_type(f.type) for f in fields(Record)}
+#: The fields of a record, in declaration order.
+RECORD_FIELDS = tuple(RECORD_TYPES)
+#: The record fields a NewImage gives (all its fields but ``embeddings``).
+IMAGE_FIELDS = tuple(f.name for f in fields(NewImage) if f.name != "embeddings")
+
+
+def _coerce(name: str, value: object, spec: tuple[type, bool]) -> str | int | float | None:
+    typ, optional = spec
+    if type(value) is typ:
+        return value
+    if value is None:
+        if not optional:
+            raise ValueError(f"record field {name!r} must not be None")
+        return None
+    return typ(value)
 
 
 @dataclass(frozen=True)
@@ -245,6 +320,11 @@ def decode_into(out: np.ndarray, row: int, data: bytes, dim: int, model: str, im
 
 def decode_many(ids: np.ndarray, values: list, dim: int, model: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors read for ``ids`` (``None`` where absent): ``(found_ids, vectors)`` in input order."""
+    nbytes = 4 * dim
+    if values and all(v is not None and len(v) == nbytes for v in values):  # the usual case: one C copy
+        buf = bytearray().join(values)  # one copy, and the result is writable
+        out = np.frombuffer(buf, dtype=VECTOR_DTYPE).reshape(len(values), dim)
+        return np.asarray(ids, np.int64), out
     keep = np.fromiter((v is not None for v in values), bool, len(values))
     out = np.empty((int(keep.sum()), dim), np.float32)
     row = 0

@@ -43,6 +43,28 @@ def test_right_password_works_and_wrong_one_is_a_clear_error(auth_server, caplog
     assert SECRET not in caplog.text
 
 
+@pytest.mark.kvrocks
+def test_kvrocks_password(tmp_path_factory, caplog):
+    """Apache Kvrocks with requirepass: right, wrong and missing password."""
+    from cluster_fixture import need_kvrocks
+    from servers import KvrocksServer
+
+    server = KvrocksServer(tmp_path_factory.mktemp("kv-auth"), password=SECRET, binary=need_kvrocks()).start()
+    try:
+        caplog.set_level(logging.DEBUG)
+        with open_store(f"redis://:{SECRET}@127.0.0.1:{server.port}/0", "acc") as s:
+            s.register_model("m", 2, "v")
+            assert s.model_info()["m"].dim == 2 and SECRET not in s.url
+            s.flush()
+        for bad in (f"redis://:wrong-{SECRET}@127.0.0.1:{server.port}/0", f"redis://127.0.0.1:{server.port}/0"):
+            with pytest.raises(StoreAuthError) as exc:
+                open_store(bad, "acc")
+            assert SECRET not in str(exc.value)
+        assert SECRET not in caplog.text
+    finally:
+        server.stop()
+
+
 def test_acl_user(auth_server):
     with open_store(f"redis://alice:alice-pw@127.0.0.1:{auth_server.port}/0", "acl") as s:
         s.register_model("m", 2, "v")

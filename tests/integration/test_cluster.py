@@ -1,7 +1,7 @@
-"""Cluster-only behaviour: URLs, slots, node restarts, crash leftovers and their repair.
+"""Cluster-only behaviour on a Redis Cluster and a Kvrocks cluster: URLs, slots, node
+restarts, crash leftovers and their repair, check on a complete enumeration.
 
-The backend-independent suite runs on the cluster too (``store_url`` has a ``cluster``
-parameter in ``tests/conftest.py``).
+The backend-independent suite runs on both clusters too (``store_url`` in ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import time
 
 import numpy as np
 import pytest
+from cluster_fixture import backend_param, server_url_of, servers_of
 from redis.crc import key_slot
 
+from imgsim_lab.check import check_store
 from imgsim_lab.store import (
     InvalidURLError,
     NewImage,
     ReadOnlyStoreError,
     StoreAuthError,
     StoreError,
+    StoreLockedError,
     open_store,
 )
 from imgsim_lab.store.url import parse_cluster_url, parse_url, redact_url
@@ -36,19 +39,42 @@ def images(n: int, dim: int = 16, start: int = 0) -> tuple[list[NewImage], np.nd
             for i in range(n)], vecs
 
 
+@pytest.fixture(params=[backend_param("redis-cluster"), backend_param("kvrocks-cluster")])
+def cluster_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def cstore(cluster_url: str, namespace: str):
-    s = open_store(cluster_url, namespace)
+def curl(request: pytest.FixtureRequest, cluster_backend: str) -> str:
+    return server_url_of(request, cluster_backend)
+
+
+@pytest.fixture
+def cservers(request: pytest.FixtureRequest, cluster_backend: str):
+    return servers_of(request, cluster_backend)
+
+
+@pytest.fixture
+def cstore(curl: str, namespace: str):
+    s = open_store(curl, namespace)
     s.register_model("m", 16, "v1")
     yield s
     s.flush()
     s.close()
 
 
-def own_cluster(cluster_servers):
-    if cluster_servers is None:
+def own_cluster(cservers):
+    if cservers is None:
         pytest.skip("kills nodes: needs the cluster the tests start, not $IMGSIM_TEST_CLUSTER_URL")
-    return cluster_servers
+    return cservers
+
+
+def restart(servers, node) -> None:
+    if hasattr(servers, "restart"):
+        servers.restart(node)  # Kvrocks: the topology is sent again
+    else:
+        node.start()
+        servers.wait_ok()
 
 
 def assert_complete(store, items, vecs) -> None:
@@ -80,37 +106,38 @@ def test_cluster_urls_parse_and_redact() -> None:
 
 def test_keys_of_one_record_share_a_slot(cstore) -> None:
     k = cstore.keys
-    assert key_slot(k.img(42).encode()) == key_slot(k.emb("m", 42).encode()) == key_slot(b"000000000042")
-    slots = {key_slot(k.img(i).encode()) for i in range(1, 200)}
-    assert len(slots) > 100  # consecutive records spread over the cluster
+    assert key_slot(k.img(42).encode()) == key_slot(k.emb("m", 42).encode()) == key_slot(b"0000000000")
+    assert key_slot(k.img(99).encode()) == key_slot(k.emb("m", 0).encode())  # one block of 100 ids
+    slots = {key_slot(k.img(i).encode()) for i in range(1, 20000, 100)}
+    assert len(slots) > 150  # blocks spread over the cluster
 
 
-def test_wrong_password_and_read_only(cluster_url, cstore) -> None:
-    if "@" in cluster_url:
+def test_wrong_password_and_read_only(curl, cstore, cluster_backend) -> None:
+    if "@" in curl:
         pytest.skip("the external cluster has credentials of its own")
-    bad = cluster_url.replace("://", "://bob:hunter2@", 1)
-    with pytest.raises(StoreAuthError) as exc:
+    bad = curl.replace("://", "://bob:hunter2@", 1)
+    # a Kvrocks node without requirepass answers AUTH differently: still a clear, redacted error
+    with pytest.raises(StoreAuthError if cluster_backend == "redis-cluster" else StoreError) as exc:
         open_store(bad)
     assert "hunter2" not in str(exc.value) and "***" in str(exc.value)
     items, _ = images(3)
     cstore.add_images(items)
-    with open_store(cluster_url, cstore.namespace, read_only=True) as ro:
+    with open_store(curl, cstore.namespace, read_only=True) as ro:
         assert ro.count() == 3 and ro.backend == "redis-cluster"
         with pytest.raises(ReadOnlyStoreError):
             ro.add_images(images(1, start=9)[0])
-        with pytest.raises(ReadOnlyStoreError):
-            ro.repair()
+        with pytest.raises(ReadOnlyStoreError), ro.maintenance():
+            pass
 
 
-def test_restarted_node_loses_nothing(cstore, cluster_servers) -> None:
-    servers = own_cluster(cluster_servers)
+def test_restarted_node_loses_nothing(cstore, cservers) -> None:
+    servers = own_cluster(cservers)
     items, vecs = images(1500)
     res = cstore.add_images(items)
     assert all(r.created for r in res)
     victim = servers.nodes[1]
     victim.kill()
-    victim.start()
-    servers.wait_ok()
+    restart(servers, victim)
     assert_complete(cstore, items, vecs)  # the open store reconnects by itself
     with open_store(servers.url, cstore.namespace) as fresh:
         assert_complete(fresh, items, vecs)
@@ -118,8 +145,8 @@ def test_restarted_node_loses_nothing(cstore, cluster_servers) -> None:
         assert [r.created for r in again] == [False] * 10 and fresh.count() == 1500
 
 
-def test_writes_during_an_outage_fail_clearly_and_a_retry_completes_them(cstore, cluster_servers) -> None:
-    servers = own_cluster(cluster_servers)
+def test_writes_during_an_outage_fail_clearly_and_a_retry_completes_them(cstore, cservers) -> None:
+    servers = own_cluster(cservers)
     first, v1 = images(300)
     cstore.add_images(first)
     more, v2 = images(600, start=300)
@@ -131,57 +158,80 @@ def test_writes_during_an_outage_fail_clearly_and_a_retry_completes_them(cstore,
             cstore.add_images(more)
         assert time.monotonic() - t0 < 30
     finally:
-        victim.start()
-        servers.wait_ok()
+        restart(servers, victim)
     assert cstore.add_images(more[:1])[0].id > 0  # works again
     cstore.add_images(more)  # re-running the ingest finishes what the outage interrupted
     assert_complete(cstore, first + more, np.concatenate([v1, v2]))
-    fixed = cstore.repair()  # only leftovers: unclaimed records of the failed call
-    assert fixed["dangling_claims"] == 0 and fixed["ids"] == 0 and fixed["eids"] == 0
-    assert_complete(cstore, first + more, np.concatenate([v1, v2]))
-    assert cstore.repair() == dict.fromkeys(fixed, 0)
+    report = check_store(cstore)
+    assert report.ok, report.to_dict()  # claims left by the failed call were completed by the re-run
+    assert report.records == 900
 
 
-def test_crash_leftovers_are_invisible_and_repaired(cstore) -> None:
+def test_crash_leftovers_are_completed_or_repaired(cstore) -> None:
     items, vecs = images(20)
     ids = [r.id for r in cstore.add_images(items)]
-    r, k = cstore._r, cstore.keys  # noqa: SLF001 - simulate crashes between protocol steps
-    # crash after step 3: a record with its embedding, never claimed nor indexed
-    orphan = cstore.last_id() + 1
-    r.incrby(k.seq, 1)
-    r.hset(k.img(orphan), mapping={"id": orphan, "sha256": sha(999), "source": "x", "width": 1,
-                                   "height": 1, "added": 1.0})
-    r.set(k.emb("m", orphan), vecs[0].tobytes())
-    # a loser that crashed before deleting its record: its sha is claimed by another id
-    loser = orphan + 1
-    r.incrby(k.seq, 1)
-    r.hset(k.img(loser), mapping={"id": loser, "sha256": sha(0), "source": "y", "width": 1,
-                                  "height": 1, "added": 1.0})
-    # crash after step 4: claimed, but not in the sorted sets
-    r.zrem(k.ids, ids[5])
-    r.zrem(k.eids("m"), ids[5])
-    assert cstore.count() == 19 and cstore.ids_for_hashes([sha(999)]) == [None]
-    assert ids[5] not in cstore.all_ids() and orphan not in cstore.all_ids()
-    # re-adding the image heals its sorted-set entries
+    k = cstore.keys
+    # a writer that crashed after claiming (step 3): a claim, no record yet
+    lost = cstore.last_id() + 1
+    cstore.raw_set(k.seq, str(lost))
+    cstore.raw_set(k.sha(sha(999)), str(lost))
+    # crash before the id sets were written: listed nowhere
+    cstore._t.run([(k.ids, b"*3\r\n$4\r\nZREM\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n" % (  # noqa: SLF001
+        len(k.ids), k.ids.encode(), len(str(ids[5])), ids[5]))])
+    assert cstore.count() == 19
+    report = check_store(cstore)
+    assert {p.kind for p in report.problems} == {"dangling_claim", "derived"}
+    # re-adding the image heals its id-set entries
     again = cstore.add_images([items[5]])
     assert again[0].id == ids[5] and not again[0].created and again[0].embedded == ()
-    assert cstore.count() == 20 and ids[5] in cstore.all_ids()
-    r.zrem(k.ids, ids[6])  # and the repair does too
-    r.set(k.sha(sha(998)), 10**9)  # a dangling claim (the protocol never leaves one)
-    fixed = cstore.repair()
-    assert fixed == {"orphan_records": 2, "dangling_claims": 1, "stray_embeddings": 0, "ids": 1, "eids": 0}
-    assert cstore.get_records([orphan, loser]) == [None, None]
-    assert not cstore.has_embeddings("m", [orphan]).any()
+    assert cstore.count() == 20
+    # re-adding the crashed image completes its record at the claimed id
+    done = cstore.add_images([NewImage(sha(999), "late.jpg", 8, 8, embeddings={"m": vecs[0]})])[0]
+    assert done.id == lost and cstore.get_records([lost])[0].source == "late.jpg"
+    assert check_store(cstore).ok
+    cstore.raw_set(k.sha(sha(998)), "1000000")  # a claim no one will complete
+    fixed = check_store(cstore, repair=True)
+    assert [p.kind for p in fixed.problems] == ["dangling_claim"] and fixed.ok
     assert cstore.ids_for_hashes([sha(998)]) == [None]
+    assert_complete(cstore, [*items, NewImage(sha(999), "late.jpg", 8, 8)], np.concatenate([vecs, vecs[:1]]))
+    assert cstore.last_id() == lost  # the watermark never goes back
+
+
+def test_check_is_complete_on_the_cluster_and_repair_changes_nothing(cstore) -> None:
+    """Kvrocks cluster SCAN MATCH skips keys: check enumerates declared sets instead."""
+    items, vecs = images(400)
+    cstore.add_images(items)
+    before = sorted(cstore.scan_keys())
+    report = check_store(cstore)
+    assert report.ok and not report.problems and report.records == 400, report.to_dict()
+    fixed = check_store(cstore, repair=True)
+    assert not fixed.problems
+    assert sorted(cstore.scan_keys()) == before
     assert_complete(cstore, items, vecs)
-    assert cstore.last_id() == loser  # the watermark never goes back
 
 
-def test_same_images_from_many_writers_with_mixed_models(cluster_url, namespace) -> None:
+def test_repair_waits_for_writers_and_writers_stop_during_repair(cstore, curl) -> None:
+    items, _ = images(5)
+    with open_store(curl, cstore.namespace) as writer:
+        writer.add_images(items[:2])  # a live writer lease
+        with pytest.raises(StoreLockedError, match="live writers"), cstore.maintenance():
+            pass
+    # the writer closed: its lease is gone
+    with cstore.maintenance():
+        with open_store(curl, cstore.namespace) as writer, \
+                pytest.raises(StoreLockedError, match="under maintenance by .*pid"):
+            writer.add_images(items[2:])
+        with pytest.raises(StoreLockedError, match="already under maintenance"), \
+                open_store(curl, cstore.namespace) as other, other.maintenance():
+            pass
+    assert cstore.add_images(items[2:])[0].created
+
+
+def test_same_images_from_many_writers_with_mixed_models(curl, namespace) -> None:
     """Two stores race on one group; each image ends with one record and both models."""
     import threading
 
-    a, b = open_store(cluster_url, namespace), open_store(cluster_url, namespace)
+    a, b = open_store(curl, namespace), open_store(curl, namespace)
     try:
         a.register_model("m", 16, "v1")
         b.register_model("n", 4, "v1")
@@ -207,7 +257,7 @@ def test_same_images_from_many_writers_with_mixed_models(cluster_url, namespace)
         info = a.info()
         counts = {m: v["count"] for m, v in info["models"].items()}
         assert info["images"] == 200 and counts == {"m": 200, "n": 200}
-        assert a.repair()["orphan_records"] == 0  # losers deleted their records
+        assert check_store(a).ok  # losers wrote nothing
     finally:
         a.flush()
         a.close()

@@ -17,6 +17,7 @@ from imgsim_lab.store import (
     NewImage,
     ReadOnlyStoreError,
     StoreConnectionError,
+    StoreError,
     StoreLockedError,
     UnknownModelError,
     open_store,
@@ -181,12 +182,6 @@ s.close()
 """
 
 
-@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
-def server_url(request: pytest.FixtureRequest) -> str:
-    """A server shared by processes: the single node or the cluster."""
-    return request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
-
-
 def test_processes_claiming_one_hash_create_one_record(server_url, namespace):
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, server_url, namespace, "0", "40"])
              for _ in range(4)]
@@ -259,3 +254,166 @@ def test_clear_error_when_server_is_down(template):
     msg = str(exc.value)
     assert "127.0.0.1" in msg and "hunter2" not in msg and "***" in msg
     assert time.monotonic() - t0 < 30
+
+
+class DropReplyProxy:
+    """A TCP proxy that loses one reply: once the client has sent ``threshold`` bytes, the
+    server's next reply is held back until the server has answered, then the connection is
+    cut — the request was executed, its reply lost (as on a network failure)."""
+
+    def __init__(self, port: int, threshold: int) -> None:
+        import socket
+
+        self.upstream = port
+        self.threshold = threshold
+        self.armed = True
+        self.dropped = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            state = {"sent": 0, "drop": False}
+            threading.Thread(target=self._up, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, state), daemon=True).start()
+
+    def _up(self, client, server, state) -> None:
+        try:
+            while data := client.recv(1 << 16):
+                state["sent"] += len(data)
+                if self.armed and state["sent"] >= self.threshold:
+                    state["drop"] = True
+                server.sendall(data)
+        except OSError:
+            pass
+
+    def _down(self, server, client, state) -> None:
+        import contextlib
+        import socket
+
+        try:
+            while data := server.recv(1 << 16):
+                if state["drop"] and self.armed:
+                    self.armed = False
+                    time.sleep(1.0)  # let the server finish the request, then lose its reply
+                    self.dropped = True
+                    for s in (client, server):  # shutdown wakes the other pump and sends FIN
+                        with contextlib.suppress(OSError):
+                            s.shutdown(socket.SHUT_RDWR)
+                        s.close()
+                    return
+                client.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", pytest.param("kvrocks", marks=pytest.mark.kvrocks)])
+def test_a_write_replayed_after_a_lost_reply_reports_created(backend, request, namespace):
+    from urllib.parse import urlsplit
+
+    from cluster_fixture import server_url_of
+
+    url = server_url_of(request, backend)
+    proxy = DropReplyProxy(urlsplit(url).port, threshold=100_000)
+    try:
+        with open_store(f"redis://127.0.0.1:{proxy.port}/0", namespace) as s:
+            s.register_model("m", 1024, "v1")
+            items, _ = images(60, dim=1024)
+            res = s.add_images(items)
+            assert proxy.dropped  # the reply really was lost, and the write replayed
+            assert [r.created for r in res] == [True] * 60
+            assert all(r.embedded == ("m",) for r in res)
+            assert s.count() == 60 and len({r.id for r in res}) == 60
+    finally:
+        proxy.close()
+        with open_store(url, namespace) as s:
+            s.flush()
+
+
+def test_watermark_stays_below_ids_in_flight(server_url, namespace):
+    """last_id() never passes an id reserved by a writer that has not listed it yet."""
+    with open_store(server_url, namespace) as w, open_store(server_url, namespace) as r:
+        w.register_model("m", 8, "v1")
+        w.add_images(images(3)[0])
+        assert r.last_id() == 3
+        lo, member = w._reserve(5)  # noqa: SLF001 - a writer between reserving and listing
+        assert lo == 4 and r.last_id() == 3
+        w._t.command("ZREM", w._inflight, member)  # noqa: SLF001 - it finished
+        assert r.last_id() == 8
+        w.add_images(images(2, start=10)[0])
+        assert r.last_id() == 10 and r.count() == 5
+        w.flush()
+
+
+def test_stale_secondary_dirs_are_removed_and_bad_locks_are_not_contention(tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    url = f"rocksdb:{tmp_path / 'kv'}"
+    open_store(url, "ns").close()
+    stale = Path(tempfile.gettempdir()) / "imgsim-rocks-secondary-999999999-zz"
+    stale.mkdir(exist_ok=True)
+    open_store(url, "ns", read_only=True).close()
+    assert not stale.exists()
+    # a LOCK that cannot be opened is an error at once, not "held by another process"
+    bad = tmp_path / "blocked"
+    (bad / "LOCK").mkdir(parents=True)
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as exc:
+        open_store(f"rocksdb:{bad}", "ns", lock_timeout=5)
+    assert not isinstance(exc.value, StoreLockedError) and time.monotonic() - t0 < 3
+
+
+def test_bench_store_never_touches_a_users_namespace(store_url, namespace):
+    from imgsim_lab.bench.store import run_store_bench
+
+    if "cluster" in store_url:
+        pytest.skip("covered on single nodes")
+    with open_store(store_url, namespace) as s:
+        s.register_model("m", 8, "v1")
+        s.add_images(images(3)[0])
+    with pytest.raises(StoreError, match="not empty"):
+        run_store_bench(store_url, 10, 8, namespace=namespace)
+    with open_store(store_url, namespace) as s:
+        assert s.count() == 3
+        s.flush()
+
+
+def test_maintenance_lock_excludes_writers(server_url, namespace):
+    with open_store(server_url, namespace) as admin, admin.maintenance(), \
+            open_store(server_url, namespace) as w:
+        w.register_model("m", 8, "v1")
+        with pytest.raises(StoreLockedError, match="under maintenance by"):
+            w.add_images(images(1)[0])
+    with open_store(server_url, namespace) as w:
+        assert w.add_images(images(1)[0])[0].created
+        w.flush()
+
+
+@pytest.mark.kvrocks
+def test_bench_store_compares_several_stores(redis_url, kvrocks_url, tmp_path):
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "imgsim_lab.cli", "bench", "store", "--kv", redis_url,
+                          "--compare-kv", kvrocks_url, "--compare-kv", f"rocksdb:{tmp_path / 'kv'}",
+                          "--n", "300", "--dim", "16", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads((tmp_path / "b.json").read_text())
+    assert [c["backend"] for c in got["compares"]] == ["redis", "rocksdb"]
+    assert got["compare"]["url"] == kvrocks_url and got["compare_ratios"]["bulk_read_per_s"] > 0
+    from imgsim_lab.bench.store import RATIO_FIELDS
+
+    assert all(set(c["ratios"]) == set(RATIO_FIELDS) for c in got["compares"])
+    assert {"bulk_write_cpu_us_per_vector", "bulk_read_cpu_bound_mb_per_s"} <= set(got)

@@ -29,8 +29,8 @@ def test_redaction_never_shows_password():
 
 def test_keys_sort_by_id_and_share_a_hash_tag():
     k = Keys("imgsim")
-    assert k.img(42) == "imgsim:img:{000000000042}"
-    assert k.emb("m", 42).endswith("{000000000042}")
+    assert k.img(42) == "imgsim:img:{0000000000}42"
+    assert k.emb("m", 42).endswith("{0000000000}42") and k.emb("m", 4217).endswith("{0000000042}17")
     assert sorted([k.emb("m", 10), k.emb("m", 9), k.emb("m", 100)]) == [
         k.emb("m", 9), k.emb("m", 10), k.emb("m", 100)]
     assert Keys.id_from_key(k.emb("m", 77).encode()) == 77
