@@ -333,6 +333,7 @@ class SimilarityIndex:
             if step.step is Step.REBUILD:
                 log.warning("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
                 self.rebuild()
+                self._note_disagreement(self._model_count(), now.watermark)
                 return added
             if step.step is Step.CATCH_UP:
                 added += self._catch_up(now.watermark)
@@ -360,15 +361,19 @@ class SimilarityIndex:
             if step.step is Step.REBUILD:
                 log.info("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
                 self.rebuild()
-                if count is not None and self._state.ntotal < count:  # the store disagrees with itself
-                    log.warning("index %s/%s: the store counts %d vectors but lists %d up to id %d; "
-                                "not rebuilding again until it changes", self.store.namespace,
-                                self.model, count, self._state.ntotal, now.watermark)
-                    self._count_rebuild = (now.watermark, count)
+                self._note_disagreement(count, now.watermark)
             elif step.step is Step.RESIZE_HOT:
                 self._publish(replace(st, hot=st.hot.resized(self._hot_capacity(st))))
             break
         return added
+
+    def _note_disagreement(self, count: int | None, watermark: int) -> None:
+        """After a rebuild: a store that counts more than it lists is rebuilt once, not every sync."""
+        if count is not None and self._state.ntotal < count:  # the store disagrees with itself
+            log.warning("index %s/%s: the store counts %d vectors but lists %d up to id %d; "
+                        "not rebuilding again until it changes", self.store.namespace,
+                        self.model, count, self._state.ntotal, watermark)
+            self._count_rebuild = (watermark, count)
 
     def _catch_up(self, upto: int) -> int:
         """Add the vectors with watermark < id <= ``upto``; the watermark moves chunk by chunk.
