@@ -221,7 +221,9 @@ def _embed_and_write(entries: list[_Entry], store: Store, models: Sequence[Embed
                      summary: IngestSummary) -> None:
     vectors = {m.key: m.embed_batch(torch.stack([e.inputs[m.key] for e in entries])) for m in models}
     new = [NewImage(e.sha256, e.item.source, e.width, e.height, e.item.label,
-                    {k: v[i] for k, v in vectors.items()}) for i, e in enumerate(entries)]
+                    {k: v[i] for k, v in vectors.items()},
+                    path=str(e.item.path.resolve()) if e.item.path is not None else None)
+           for i, e in enumerate(entries)]
     for e, res in zip(entries, store.add_images(new), strict=True):
         e.inputs.clear()
         if res.created:

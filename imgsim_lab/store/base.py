@@ -53,6 +53,7 @@ class EncodedImage:
     height: int
     label: str | None
     vectors: tuple[tuple[str, bytes], ...]
+    path: str | None = None
 
 
 class Store(ABC):
@@ -146,7 +147,8 @@ class Store(ABC):
             else:
                 vectors.append((model, encode_vector(vec, dim, model)))
         return EncodedImage(item.sha256, str(item.source), int(item.width), int(item.height),
-                            None if item.label is None else str(item.label), tuple(vectors))
+                            None if item.label is None else str(item.label), tuple(vectors),
+                            None if item.path is None else str(item.path))
 
     def _add_batches(self, batches: list[list[EncodedImage]]) -> list[AddResult]:
         """Write batches in order; backends may overlap them (the Redis one pipelines)."""

@@ -207,7 +207,7 @@ class RocksStore(Store):
                     image_id = new_ids[item.sha256] = seq
                     created = True
                     rec = Record(image_id, item.sha256, item.source, item.width, item.height,
-                                 item.label, t)
+                                 item.label, t, item.path)
                     wb.put(k.img(image_id).encode(), rec.to_json())
                     wb.put(k.sha(item.sha256).encode(), str(image_id).encode())
                 ekeys = [k.emb(m, image_id).encode() for m, _ in item.vectors]

@@ -6,7 +6,7 @@ one Redis Cluster slot)::
 
     <ns>:seq                      last id handed out (the id watermark)
     <ns>:count                    number of image records (kept by us: Kvrocks' DBSIZE is not live)
-    <ns>:img:{<id12>}             the record: id, sha256, source, width, height, label, added
+    <ns>:img:{<id12>}             the record: id, sha256, source, width, height, label, added, path
     <ns>:sha:<sha256>             -> id, claimed once (SETNX semantics)
     <ns>:emb:<model>:{<id12>}     embedding, raw little-endian float32, len == 4 * dim
     <ns>:model:<model>            model facts: dim, version, count
@@ -35,7 +35,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 ID_WIDTH = 12
 VECTOR_DTYPE = np.dtype("<f4")
-RECORD_FIELDS = ("id", "sha256", "source", "width", "height", "label", "added")
+RECORD_FIELDS = ("id", "sha256", "source", "width", "height", "label", "added", "path")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -125,6 +125,9 @@ class NewImage:
     height: int
     label: str | None = None
     embeddings: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: Absolute path of the file on the machine that added it (None: not a file, or unknown),
+    #: so the app and the CLI can show and open it wherever it lives.
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if not SHA_RE.match(self.sha256 or ""):
@@ -144,10 +147,11 @@ class Record:
     height: int
     label: str | None
     added: float
+    path: str | None = None  # absolute path of the file when added (optional; see NewImage.path)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "sha256": self.sha256, "source": self.source, "width": self.width,
-                "height": self.height, "label": self.label, "added": self.added}
+                "height": self.height, "label": self.label, "added": self.added, "path": self.path}
 
     def to_fields(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.as_dict().items() if v is not None}
@@ -169,6 +173,7 @@ class Record:
                 height=int(f["height"]),
                 label=None if f.get("label") in (None, "") else str(f["label"]),
                 added=float(f["added"]),
+                path=None if f.get("path") in (None, "") else str(f["path"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(f"malformed record fields {sorted(f)}: {exc}") from exc
