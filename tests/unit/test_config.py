@@ -11,7 +11,8 @@ from imgsim_lab import config
 from imgsim_lab.config import Settings
 
 
-def test_defaults_do_not_depend_on_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_do_not_depend_on_the_working_directory(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     for var in (config.ENV_DATA_DIR, config.ENV_KV_URL, config.ENV_NAMESPACE):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)

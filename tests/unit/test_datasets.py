@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_lab import datasets
 from imgsim_lab.cli import build_parser
 from imgsim_lab.cli import main as cli_main
 from imgsim_lab.datasets import (

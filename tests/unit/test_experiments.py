@@ -161,13 +161,15 @@ def test_benchmark_refuses_a_store_that_mixes_datasets(tmp_path: Path) -> None:
             bm.check_database_size(store, "m", 5, 5, "mixed")
 
 
-def test_relative_dataset_paths_mean_the_callers_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_dataset_paths_mean_the_callers_cwd(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cell = g.Cell("c", {"dataset": "fashion", "data_dir": "d"})
     params = cell_parameters(cell, tmp_path / "runs" / "c", tmp_path / "runs")
     assert params["dataset"] == str(tmp_path / "fashion") and params["data_dir"] == str(tmp_path / "d")
     assert cell_parameters(g.Cell("c", {"dataset": "cifar10"}), tmp_path, tmp_path)["dataset"] == "cifar10"
-    assert bm.dataset_title("cifar10") == "CIFAR-10" and bm.dataset_title(str(tmp_path / "fashion")) == "fashion"
+    assert bm.dataset_title("cifar10") == "CIFAR-10"
+    assert bm.dataset_title(str(tmp_path / "fashion")) == "fashion"
 
 
 def test_example_query_indices_one_per_class_in_order() -> None:
