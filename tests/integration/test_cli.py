@@ -177,7 +177,8 @@ def test_commands_never_create_data_in_the_working_directory(tmp_path: Path) -> 
     cwd.mkdir()
     env = {**os.environ, "IMGSIM_DATA_DIR": str(tmp_path / "data")}
     kv = f"rocksdb:{tmp_path / 'kv'}"
-    out = subprocess.run([sys.executable, "-m", "imgsim_lab.cli", "info", "--kv", kv], capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+    out = subprocess.run([sys.executable, "-m", "imgsim_lab.cli", "info", "--kv", kv], capture_output=True,
+                         text=True, timeout=120, env=env, cwd=cwd)
     assert out.returncode in (0, 2), out.stderr
     assert not (cwd / "data").exists()
     assert list((tmp_path / "data" / "logs").glob("imgsim-info-*.log"))
