@@ -210,7 +210,7 @@ query and its exact duplicates never appear among its results.
 - **Stored id** searches an image that is already in the collection.
 
 The collection comes from `imgsim ingest` or `01_ingest.ipynb`; `imgsim app` serves this
-notebook as a web page (Voila) and sets the parameters below through environment variables.
+notebook as a web page (Voila), passing its settings through environment variables.
 """),
     ("params", """
 import os

@@ -341,6 +341,8 @@ class SearchApp:
         if self._last is None or self.session is None or not self.session.searchers:
             return
         kind, what = self._last
+        if kind == "files" and not what:  # only refused files: nothing to search again
+            return
         if kind == "id":
             self.search_stored(int(what))  # type: ignore[arg-type]
         else:

@@ -58,8 +58,16 @@ def run(args: argparse.Namespace) -> int:
     from imgsim_lab.search import Searcher
 
     data = read_query(args.image)
-    model = load_model(args.model, args.size)
     with open_store(args.kv, args.namespace, read_only=read_only_default(args.kv)) as store:
+        from imgsim_lab.models import available_models
+
+        known = available_models()
+        if args.model not in known:
+            raise UsageError(f"unknown model {args.model!r}; available: {', '.join(known)}")
+        stored = store.model_info()
+        if not any(k == args.model or k.startswith(f"{args.model}_") for k in stored):
+            require_stored_model(store, args.model, args.kv)  # refuses before building the model
+        model = load_model(args.model, args.size)
         require_stored_model(store, model.key, args.kv)
         searcher = Searcher(store, model)
         try:

@@ -148,6 +148,10 @@ def test_user_mistakes_are_one_line_and_exit_2(photos_store, tmp_path: Path) -> 
         ("search", str(photos / "c0" / "notes.txt"), "--model", "pixels"):
             "was rejected: this is not an image file",
     }
+    from imgsim_lab.models import available_models
+
+    if "resnet50" not in available_models(offline_only=True):  # no weights here: its own message
+        cases[("ingest", str(photos), "--model", "resnet50")] = "resnet50"
     for args, expected in cases.items():
         out = imgsim(*args, "--kv", url, tmp=data)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
