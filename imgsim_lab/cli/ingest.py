@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from imgsim_lab.cli._common import UsageError, add_limit_args, add_store_args, load_model, positive_int
-from imgsim_lab.jsonio import write_json
+from imgsim_lab.jsonio import dumps, write_json
 from imgsim_lab.store import open_store
 
 NAME = "ingest"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_limit_args(parser)
     parser.add_argument("--no-index", action="store_true", help="do not update the search index")
     parser.add_argument("--json", dest="json_out", metavar="OUT", default=None,
-                        help="also write the full summary as JSON to OUT")
+                        help="also write the full summary as JSON to OUT ('-': print only the JSON)")
 
 
 def load_items(args: argparse.Namespace) -> list:
@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             for m in models:
                 idx = SimilarityIndex(store, m.key)  # loads or builds, catches up, saves once
                 result["index"][m.key] = idx.stats()
+    if args.json_out == "-":  # for scripts: the JSON alone on stdout
+        print(dumps(result))
+        return 0
     if args.json_out:
         write_json(args.json_out, result)
     print("\n".join(summary_lines(result)))
