@@ -79,7 +79,14 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str
     """
     data = tmp_path_factory.mktemp("appdata")
     outside = tmp_path_factory.mktemp("outside")
-    _, _OUTSIDE["query"] = _generated(outside, n=12)
+    rng = np.random.default_rng(1)
+    for i in range(13):  # near-identical magenta squares: their own nearest neighbours for any model
+        arr = np.clip(np.array([220, 30, 200]) + rng.normal(0, 6, (40, 40, 3)), 0, 255).astype(np.uint8)
+        path = outside / "custom_images" / "magenta" / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path)
+    _OUTSIDE["query"] = outside / "query.png"
+    path.rename(_OUTSIDE["query"])
     if is_complete(CIFAR):
         (data / "cifar10").symlink_to(CIFAR, target_is_directory=True)
         items = cifar10_items("train", root=CIFAR, limit=200, seed=7)
@@ -296,9 +303,9 @@ def test_choose_files_oversize_then_compare_models_and_switch(collection, app_ur
                 page.locator(".imgsim-dropzone input[type=file]").set_input_files(str(outside_query))
                 card = page.locator(".imgsim-card").first
                 expect(card.locator(".imgsim-result")).to_have_count(5, timeout=TIMEOUT_MS)
-                outside = card.locator(".imgsim-result", has_text="custom_images/")
-                assert outside.count() >= 1
-                expect(outside.locator("img")).to_have_count(outside.count())
+                outside = card.locator(".imgsim-result", has_text="custom_images/magenta/")
+                expect(outside).to_have_count(5)  # all five from the folder outside the data dir
+                expect(outside.locator("img")).to_have_count(5)  # ... each with its preview
                 expect(card.locator(".imgsim-noimg")).to_have_count(0)
                 page.screenshot(path=str(SCREENSHOTS / "app-outside-folder.png"), full_page=True)
             assert "Traceback" not in page.content()
@@ -342,3 +349,63 @@ def test_closed_tabs_leave_no_kernels(collection, app_url: str) -> None:
             assert kernels() <= 1, f"{kernels()} kernels still running after the tabs closed"
         finally:
             browser.close()
+
+
+def test_search_notebook_in_jupyterlab(collection, tmp_path: Path) -> None:
+    """JupyterLab itself: open 02_search.ipynb, run all cells, drop an image, see its top-5."""
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent")
+    url, data, model_key, query = collection
+    root = tmp_path / "lab"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "02_search.ipynb", root / "notebooks")  # autosave stays out of the repo
+    port = _free_port()
+    env = {**os.environ, "IMGSIM_DATA_DIR": str(data), "IMGSIM_KV_URL": url, "IMGSIM_NAMESPACE": NS,
+           "IMGSIM_APP_MODEL": model_key, "IMGSIM_APP_ADD": "0",
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "jws")}
+    log_path = tmp_path / "lab.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+                                 "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=",
+                                 "--ServerApp.password=",
+                                 f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+                                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while f":{port}/" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"jupyter lab did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        with sync_playwright() as pw:
+            browser = _browser(pw)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"http://127.0.0.1:{port}/lab/tree/notebooks/02_search.ipynb", timeout=TIMEOUT_MS)
+                expect(page.locator(".jp-Notebook")).to_be_visible(timeout=TIMEOUT_MS)
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                status = page.locator(".imgsim-status")
+                expect(status).to_contain_text("Ready", timeout=TIMEOUT_MS)
+                _drop(page, query.read_bytes(), "query.jpg", "image/jpeg")
+                card = page.locator(".imgsim-card")
+                expect(card.locator(".imgsim-result")).to_have_count(5, timeout=TIMEOUT_MS)
+                expect(card.locator(".imgsim-result img")).to_have_count(5)
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "jupyterlab-search.png"), full_page=True)
+                assert "Traceback" not in page.content()
+            finally:
+                browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
