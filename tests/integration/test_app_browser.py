@@ -372,7 +372,7 @@ def test_search_notebook_in_jupyterlab(collection, tmp_path: Path) -> None:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
                                  "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=",
-                                 "--ServerApp.password=",
+                                 "--ServerApp.password=", "--allow-root",
                                  f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
                                  "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
                                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -389,10 +389,21 @@ def test_search_notebook_in_jupyterlab(collection, tmp_path: Path) -> None:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/notebooks/02_search.ipynb", timeout=TIMEOUT_MS)
                 expect(page.locator(".jp-Notebook")).to_be_visible(timeout=TIMEOUT_MS)
+                select = page.locator(".jp-Dialog .jp-mod-accept", has_text="Select")
+                try:  # Lab asks which kernel to start: the notebook's own (python3)
+                    select.wait_for(timeout=20_000)
+                    select.click()
+                except Exception:  # noqa: BLE001 - no dialog: the kernel started by itself
+                    pass
                 page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
                 page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
                 status = page.locator(".imgsim-status")
-                expect(status).to_contain_text("Ready", timeout=TIMEOUT_MS)
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                try:
+                    expect(status).to_contain_text("Ready", timeout=TIMEOUT_MS)
+                except AssertionError:
+                    page.screenshot(path=str(SCREENSHOTS / "jupyterlab-failed.png"), full_page=True)
+                    raise
                 _drop(page, query.read_bytes(), "query.jpg", "image/jpeg")
                 card = page.locator(".imgsim-card")
                 expect(card.locator(".imgsim-result")).to_have_count(5, timeout=TIMEOUT_MS)
@@ -403,9 +414,10 @@ def test_search_notebook_in_jupyterlab(collection, tmp_path: Path) -> None:
             finally:
                 browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
