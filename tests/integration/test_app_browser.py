@@ -343,10 +343,12 @@ def test_closed_tabs_leave_no_kernels(collection, app_url: str) -> None:
             assert kernels() >= before + 5
             for page in pages:
                 page.close(run_before_unload=True)
+            # at most one of these five may remain (``before``: earlier tests' tabs, which their
+            # browsers closed without an unload event, left to the idle culler)
             deadline = time.monotonic() + 30
-            while kernels() > 1 and time.monotonic() < deadline:
+            while kernels() > before + 1 and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert kernels() <= 1, f"{kernels()} kernels still running after the tabs closed"
+            assert kernels() <= before + 1, f"{kernels() - before} of 5 kernels still running"
         finally:
             browser.close()
 
