@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imgsim_lab.config import data_dir
+from imgsim_lab.config import ENV_CIFAR10_SOURCE, cifar10_archive, data_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 SPLITS = ("train", "test")
 #: Images per class in the full dataset.
 FULL_PER_CLASS = {"train": 5000, "test": 1000}
-ENV_CIFAR10_SOURCE = "IMGSIM_CIFAR10_SOURCE"
 MARKER = ".complete.json"
 _TMP_PREFIX = ".tmp-"
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.(jpg|jpeg|png)$", re.IGNORECASE)
@@ -68,19 +67,10 @@ class ImageItem:
         return self.path.read_bytes()
 
 
-def repo_root() -> Path:
-    """The project's root directory (the parent of the package directory)."""
-    return Path(__file__).resolve().parent.parent
-
-
 def default_cifar10_source() -> Path | None:
-    """First existing of ``$IMGSIM_CIFAR10_SOURCE`` and ``../shared/datasets/cifar10-jpeg.zip``
-    (relative to the project root), else None."""
-    candidates = []
-    if os.environ.get(ENV_CIFAR10_SOURCE):
-        candidates.append(Path(os.environ[ENV_CIFAR10_SOURCE]).expanduser())
-    candidates.append(repo_root().parent / "shared" / "datasets" / "cifar10-jpeg.zip")
-    return next((p for p in candidates if p.is_file()), None)
+    """The configured CIFAR-10 archive (:func:`imgsim_lab.config.cifar10_archive`) if it is a file."""
+    path = cifar10_archive()
+    return path if path is not None and path.is_file() else None
 
 
 def is_complete(dest: Path) -> bool:
@@ -424,10 +414,12 @@ def folder_items(root: Path | None = None, label_from_parent: bool = False,
     ``<root name>/<relative path>``; with ``label_from_parent`` a file's label is its
     folder's name (None for files directly in ``root``). Sorted by ``source``.
     """
-    root = Path(root) if root is not None else data_dir() / "custom_images"
+    root = Path(root).expanduser() if root is not None else data_dir() / "custom_images"
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    base = root.resolve().name or "images"
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}")
+    root = root.resolve()  # items keep absolute paths: the store records where each file is
+    base = root.name or "images"
     items = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
@@ -461,3 +453,48 @@ def items_from_source(source: str | Path, limit: int | None = None, seed: int = 
         keep = np.random.default_rng(seed).permutation(len(items))[:limit]
         items = sorted((items[i] for i in keep), key=lambda it: it.source)
     return items
+
+
+# --------------------------------------------------------------------------- finding files again
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a stored image's file is: ``path`` when it is there, else why not (``missing``)."""
+
+    path: Path | None
+    missing: str | None = None  # the path that was recorded but is gone (moved or deleted)
+
+
+def _under(source: str, root: Path) -> Path | None:
+    """``root/source`` for a plain relative ``source`` (no ``..``, no absolute path, no drive)."""
+    from pathlib import PurePosixPath
+
+    if not source or "\x00" in source or "\\" in source or ":" in source:
+        return None
+    parts = PurePosixPath(source).parts
+    if not parts or parts[0] == "/" or any(p in ("..", ".") for p in parts):
+        return None
+    return root.joinpath(*parts)
+
+
+def locate(source: str | None, path: str | None, root: Path | None = None) -> Located:
+    """Find a stored image's file: its recorded absolute ``path``, else ``source`` under ``root``.
+
+    ``root`` defaults to the data directory (where CIFAR-10 and uploads live). Never raises.
+    """
+    root = data_dir() if root is None else Path(root)
+    candidates = []
+    if path:
+        candidates.append(Path(path))
+    if source:
+        under = _under(source, root)
+        if under is not None:
+            candidates.append(under)
+    for cand in candidates:
+        try:
+            if cand.is_file():
+                return Located(cand)
+        except OSError:
+            continue
+    return Located(None, missing=path or None)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from imgsim_lab.datasets import ImageItem
 from imgsim_lab.images import ImageRejected, Limits, decode, sha256_hex
 from imgsim_lab.iterutil import chunked
+from imgsim_lab.messages import describe_rejection
 from imgsim_lab.models import EmbeddingModel
 from imgsim_lab.store import NewImage, Store
 
@@ -117,7 +118,7 @@ def _prepare(items: Iterable[ImageItem], store: Store, models: Sequence[Embeddin
                 out.rejected.append((it, err))
             elif res[1] in seen:
                 out.duplicates += 1
-                events.debug("duplicate %s (same bytes as an earlier file of this run)", it.source)
+                events.info("duplicate %s (same bytes as an earlier file of this run)", it.source)
             else:
                 seen.add(res[1])
                 fresh.append((it, *res))
@@ -203,7 +204,7 @@ def ingest(items: Sequence[ImageItem] | Iterable[ImageItem], store: Store,
         for chunk in _background(_prepare(items, store, models, limits, batch_size, pool)):
             for it, err in chunk.rejected:
                 summary.rejected[err.reason] += 1
-                events.info("rejected %s: %s", it.source, err)
+                events.info("rejected %s: %s", it.source, describe_rejection(err))
             summary.duplicates += chunk.duplicates
             if chunk.entries:
                 _embed_and_write(chunk.entries, store, models, summary)
@@ -221,7 +222,9 @@ def _embed_and_write(entries: list[_Entry], store: Store, models: Sequence[Embed
                      summary: IngestSummary) -> None:
     vectors = {m.key: m.embed_batch(torch.stack([e.inputs[m.key] for e in entries])) for m in models}
     new = [NewImage(e.sha256, e.item.source, e.width, e.height, e.item.label,
-                    {k: v[i] for k, v in vectors.items()}) for i, e in enumerate(entries)]
+                    {k: v[i] for k, v in vectors.items()},
+                    path=str(e.item.path.resolve()) if e.item.path is not None else None)
+           for i, e in enumerate(entries)]
     for e, res in zip(entries, store.add_images(new), strict=True):
         e.inputs.clear()
         if res.created:

@@ -1,11 +1,10 @@
 #!/usr/bin/env python
-"""Generate notebooks/01_ingest.ipynb and notebooks/03_benchmark.ipynb (without outputs).
+"""Generate notebooks/01_ingest.ipynb, 02_search.ipynb and 03_benchmark.ipynb (without outputs).
 
 The notebooks are thin: a ``parameters`` cell (papermill) and one or two calls into
-``imgsim_lab.experiments`` per step, with the narrative in markdown. Edit this script,
-not the notebooks, then run ``python scripts/make_notebooks.py`` (``--check`` exits 1
-when a committed notebook differs from what this script generates).
-02_search.ipynb (the widget app) is written elsewhere and never touched here.
+``imgsim_lab`` per step, with the narrative in markdown. Edit this script, not the
+notebooks, then run ``python scripts/make_notebooks.py`` (``--check`` exits 1 when a
+committed notebook differs from what this script generates).
 """
 
 from __future__ import annotations
@@ -44,9 +43,10 @@ def _build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 
 INGEST = [
     ("md", """
-# 01 · Ingest CIFAR-10 into the store
+# 01 · Ingest images into the store
 
-Sets CIFAR-10 up from the local archive when needed (`data/cifar10`), ingests a
+Sets CIFAR-10 up from the local archive when needed (`data/cifar10`) — or takes your own
+folder of `<split>/<class>/` images (`dataset = "path/to/folder"`) — ingests a
 class-balanced subset of one split into the KV store with every chosen model, then builds
 (or catches up) each model's similarity index. Ingest is idempotent: running this again
 adds only what is missing. Afterwards, `02_search.ipynb` searches this store.
@@ -75,8 +75,9 @@ progress = True
 from IPython.display import Markdown, display
 
 from imgsim_lab.experiments import IngestParams, run_ingest
-from imgsim_lab.experiments.benchmark import notebook_logging, params_from_namespace
 from imgsim_lab.experiments.ingest_run import ingest_table
+from imgsim_lab.experiments.notebook import notebook_logging
+from imgsim_lab.experiments.params import params_from_namespace
 
 notebook_logging()
 """),
@@ -98,23 +99,11 @@ print(f"metrics: {result['output_dir']}/metrics.json, {result['seconds']:.1f} s"
 
 BENCHMARK = [
     ("md", """
-# 03 · Benchmark: comparing models on CIFAR-10 retrieval
+# 03 · Benchmark: comparing models on image retrieval
 
-**Protocol.** The database is a class-balanced subset of the CIFAR-10 *train* split,
-ingested into the store with each model; the queries are a class-balanced subset of the
-*test* split, embedded with the same model and never stored. A result is relevant when it
-has the query's class. Similarity is cosine on L2-normalized vectors.
+The dataset is CIFAR-10 by default, or a folder of your own holding `train/<class>/` and
+`test/<class>/` images (`dataset = "path/to/folder"`); the title below names the one used.
 
-**Metrics** (defined in `imgsim_lab/evaluation.py`): precision@1/5/10; mAP@1000 (AP over
-the top 1000 normalized by the relevant items retrieved there, as in HashNet / DeepHash);
-5-NN accuracy (majority vote, ties to the nearest); per-class precision. These come from
-exact brute-force search, so they measure the *model*. The *index* under test
-(`index_mode`, `memory_budget`) is measured against that exact search: recall@10 and
-per-query latency p50/p95.
-
-Logic lives in `imgsim_lab.experiments.run_benchmark`; `metrics.json` and the PNGs are
-written to `output_dir`. Experiment grids run this notebook with papermill
-(`imgsim experiments run experiments/NAME.yaml`).
 """),
     ("params", """
 dataset = "cifar10"          # "cifar10", or a folder holding train/<class>/ and test/<class>/
@@ -142,19 +131,29 @@ progress = True
 from IPython.display import Image, Markdown, display
 
 from imgsim_lab.experiments import BenchmarkParams, run_benchmark
-from imgsim_lab.experiments.benchmark import (
-    examples_table,
-    metrics_table,
-    notebook_logging,
-    params_from_namespace,
-    per_class_table,
-)
+from imgsim_lab.experiments.benchmark import examples_table, metrics_table, per_class_table, protocol_markdown
+from imgsim_lab.experiments.notebook import notebook_logging
+from imgsim_lab.experiments.params import params_from_namespace
 
 notebook_logging()
+params = params_from_namespace(BenchmarkParams, globals())
+display(Markdown(protocol_markdown(params)))
+"""),
+    ("md", """
+**Metrics** (defined in `imgsim_lab/evaluation.py`): precision@1/5/10; mAP@1000 (AP over
+the top 1000 normalized by the relevant items retrieved there, as in HashNet / DeepHash);
+5-NN accuracy (majority vote, ties to the nearest); per-class precision. These come from
+exact brute-force search, so they measure the *model*. The *index* under test
+(`index_mode`, `memory_budget`) is measured against that exact search: recall@10 and
+per-query latency p50/p95.
+
+Logic lives in `imgsim_lab.experiments.run_benchmark`; `metrics.json` and the PNGs are
+written to `output_dir`. Experiment grids run this notebook with papermill
+(`imgsim experiments run experiments/NAME.yaml`).
 """),
     ("md", "## Run: ingest the database with each model, embed the queries, search, score"),
     ("code", """
-result = run_benchmark(params_from_namespace(BenchmarkParams, globals()))
+result = run_benchmark(params)
 display(Markdown(metrics_table(result)))
 """),
     ("md", """
@@ -167,7 +166,9 @@ database was already in the store); `query embed img/s` is the same model on the
 ## Index recall against latency
 
 Recall@10 of the index's results against exact search, against the per-query latency of a
-single search (p50, whisker to p95). The exact index has recall 1 by construction.
+single search (p50, whisker to p95). An exact index has recall 1 by construction, so
+with `index_mode = "exact"` every point sits on the top line and only latency differs;
+run a `budget` index (`experiments/cifar10_index.yaml`) to see the trade-off.
 """),
     ("code", "display(Image(filename=result['plots']['recall_latency']))"),
     ("md", """
@@ -192,7 +193,45 @@ print(f"metrics: {result['output_dir']}/metrics.json ({result['seconds']:.1f} s,
 """),
 ]
 
-NOTEBOOKS = {"01_ingest.ipynb": INGEST, "03_benchmark.ipynb": BENCHMARK}
+SEARCH = [
+    ("md", """
+# 02 · Search the collection
+
+Drop images on the drop zone (or use **Choose files**): each is validated like an ingested
+image, embedded, and compared by cosine similarity with every stored image. You see the
+upload and its top-k stored images, with scores, labels and where each file is. The
+query and its exact duplicates never appear among its results.
+
+- **Model** picks the embedding; tick **Compare with** to see two or three models' top-k
+  side by side — images found by more than one model are marked. Changing the model or
+  *k* re-runs the current query.
+- **Add uploads** stores new images (with every model of the collection) so later
+  searches find them; off, uploads are only searched.
+- **Stored id** searches an image that is already in the collection.
+
+The collection comes from `imgsim ingest` or `01_ingest.ipynb`; `imgsim app` serves this
+notebook as a web page (Voila), passing its settings through environment variables.
+"""),
+    ("params", """
+import os
+
+kv_url = os.environ.get("IMGSIM_KV_URL")  # None: rocksdb:<data dir>/kv
+namespace = os.environ.get("IMGSIM_NAMESPACE")  # None: imgsim
+model = os.environ.get("IMGSIM_APP_MODEL")  # a model key in the store; None: the largest one
+compare = [m for m in os.environ.get("IMGSIM_APP_COMPARE", "").split(",") if m]  # models shown beside it
+k = int(os.environ.get("IMGSIM_APP_K", "5"))
+add_uploads = os.environ.get("IMGSIM_APP_ADD", "1") != "0"
+"""),
+    ("code", """
+from imgsim_lab.app import SearchApp
+
+app = SearchApp(kv_url=kv_url, namespace=namespace, model=model, compare=compare, k=k,
+                add_uploads=add_uploads)
+app.display()
+"""),
+]
+
+NOTEBOOKS = {"01_ingest.ipynb": INGEST, "02_search.ipynb": SEARCH, "03_benchmark.ipynb": BENCHMARK}
 
 
 def render(cells: list[tuple[str, str]]) -> str:

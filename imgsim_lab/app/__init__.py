@@ -6,7 +6,7 @@
 See ``notebooks/02_search.ipynb`` and ``imgsim app``.
 """
 
-from imgsim_lab.app.session import Outcome, SearchSession, project_cwd, resolve_source, split_model_key
+from imgsim_lab.app.session import Outcome, SearchSession, resolve_source, split_model_key
 from imgsim_lab.app.ui import SearchApp
 
-__all__ = ["Outcome", "SearchApp", "SearchSession", "project_cwd", "resolve_source", "split_model_key"]
+__all__ = ["Outcome", "SearchApp", "SearchSession", "resolve_source", "split_model_key"]

@@ -1,5 +1,10 @@
 """A drop zone widget (anywidget): drop image files on it, or click it to choose some.
 
+The same widget in ``mode="button"`` is the app's "Choose files" button. Both refuse a
+file over ``max_bytes`` in the browser, before reading it (Python gets its name, size and
+the limit), so an oversize file never reaches the kernel's websocket, which would drop
+the connection.
+
 Each file is sent to Python as one custom message whose single binary buffer holds the
 file's bytes; register a handler with :meth:`DropZone.on_files`. Works wherever
 anywidget does (JupyterLab, Notebook 7, Voila).
@@ -22,8 +27,9 @@ FileHandler = Callable[[str, bytes | None, dict], None]
 
 _ESM = r"""
 function render({ model, el }) {
-  const zone = document.createElement("div");
-  zone.className = "imgsim-dropzone";
+  const button = model.get("mode") === "button";
+  const zone = document.createElement(button ? "button" : "div");
+  zone.className = button ? "imgsim-choose jupyter-button widget-button" : "imgsim-dropzone";
   zone.tabIndex = 0;
   zone.setAttribute("role", "button");
   const title = document.createElement("div");
@@ -40,7 +46,9 @@ function render({ model, el }) {
   const show = () => {
     title.textContent = model.get("label");
     sub.textContent = model.get("hint");
+    sub.style.display = model.get("hint") ? "" : "none";
     zone.classList.toggle("imgsim-dz-busy", !!model.get("busy"));
+    if (button) zone.disabled = !!model.get("busy");
   };
   model.on("change:label", show);
   model.on("change:hint", show);
@@ -54,7 +62,8 @@ function render({ model, el }) {
     for (let i = 0; i < list.length; i++) {
       const f = list[i];
       const meta = { kind: "file", batch, index: i, total: list.length, name: f.name,
-                     size: f.size, type: f.type || "" };
+                     size: f.size, type: f.type || "", limit: model.get("max_bytes") };
+      // refused here, before reading: an oversize message would drop the kernel connection
       if (f.size > model.get("max_bytes")) {
         model.send({ ...meta, oversize: true });
         continue;
@@ -83,7 +92,7 @@ function render({ model, el }) {
     leave();
     send(e.dataTransfer && e.dataTransfer.files);
   });
-  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("click", (e) => { e.preventDefault(); input.click(); });
   zone.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
   });
@@ -102,6 +111,9 @@ _CSS = """
 .imgsim-dropzone.imgsim-dz-busy { opacity: .65; }
 .imgsim-dz-title { font-size: 15px; font-weight: 600; }
 .imgsim-dz-sub { font-size: 12px; color: #667; margin-top: 4px; }
+.imgsim-choose { padding: 0 14px; height: 30px; cursor: pointer; }
+.imgsim-choose .imgsim-dz-title { font-size: 13px; font-weight: 500; }
+.imgsim-choose.imgsim-dz-over { outline: 2px solid #3b6fd8; }
 """
 
 
@@ -117,6 +129,8 @@ class DropZone(anywidget.AnyWidget):
     label = traitlets.Unicode("Drop images here").tag(sync=True)
     hint = traitlets.Unicode("or click to choose files (JPEG, PNG, WebP, BMP, GIF, TIFF)").tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
+    #: ``zone`` (a large drop target) or ``button`` (a "Choose files" button; drops work too).
+    mode = traitlets.Unicode("zone").tag(sync=True)
     max_bytes = traitlets.Int(TRANSPORT_MAX_BYTES).tag(sync=True)
 
     def __init__(self, **kwargs) -> None:

@@ -51,16 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(f"imgsim-{args.command}", verbose=args.verbose)
-    from imgsim_lab.store.errors import StoreError
-
     try:
         return int(args._run(args) or 0)
-    except StoreError as exc:
-        log.error("%s", exc)
-        return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as exc:  # noqa: BLE001 - user mistakes become one line, bugs keep their traceback
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        if args.verbose:
+            log.exception("imgsim %s failed", args.command)
+        else:
+            log.debug("imgsim %s failed", args.command, exc_info=True)  # the log file keeps it
+        print(f"imgsim {args.command}: {message}", file=sys.stderr, flush=True)
+        return 2
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line shown for a user mistake, or None for an unexpected error (a bug)."""
+    from imgsim_lab.cli._common import UsageError
+    from imgsim_lab.store.errors import StoreError
+
+    if isinstance(exc, (UsageError, StoreError)):
+        return str(exc)
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return str(exc) if not exc.filename else f"{exc.strerror or exc}: {exc.filename}"
+    if type(exc).__name__ in ("ModelUnavailableError", "Cifar10SourceError"):
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from imgsim_lab.cli._common import add_store_args
+from imgsim_lab.cli._common import UsageError, add_store_args, positive_int
 
 NAME = "app"
 HELP = "serve the interactive search app as a web page with Voila on 127.0.0.1"
@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="model key to start with, e.g. efficientnet_lite0 "
                              "(default: the one with the most images in the store)")
-    parser.add_argument("--k", type=int, default=5, help="results per upload (default 5)")
+    parser.add_argument("--compare", action="append", default=[], metavar="MODEL",
+                        help="also show this model's results side by side (repeatable, at most 2)")
+    parser.add_argument("--k", type=positive_int, default=5, help="results per upload (default 5)")
     parser.add_argument("--add", action=argparse.BooleanOptionalAction, default=True,
                         help="add uploads to the collection (default on; --no-add to only search)")
     parser.add_argument("--notebook", default=None, help=f"notebook to serve (default {NOTEBOOK})")
@@ -37,24 +39,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _absolute_kv_url(url: str) -> str:
-    """A ``rocksdb:`` URL with an absolute path: the kernel runs in the notebook's folder."""
-    from pathlib import Path
+def port_is_free(port: int) -> bool:
+    """Whether ``HOST:port`` can be listened on now."""
+    import socket
 
-    from imgsim_lab.store import parse_url
-
-    scheme, target = parse_url(url)
-    return f"rocksdb:{Path(target).resolve()}" if scheme == "rocksdb" else url
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def kernel_env(args: argparse.Namespace) -> dict[str, str]:
     """Environment variables read by the notebook's parameters cell (and the library)."""
     from imgsim_lab import config
 
-    env = {config.ENV_KV_URL: _absolute_kv_url(config.kv_url(args.kv)),
-           config.ENV_NAMESPACE: config.namespace(args.namespace),
-           config.ENV_DATA_DIR: str(config.data_dir().resolve()),
-           "IMGSIM_APP_K": str(args.k), "IMGSIM_APP_ADD": "1" if args.add else "0"}
+    env = config.Settings.from_env(kv_url=args.kv, namespace=args.namespace).env()
+    env.update({"IMGSIM_APP_K": str(args.k), "IMGSIM_APP_ADD": "1" if args.add else "0",
+                "IMGSIM_APP_COMPARE": ",".join(args.compare)})
     if args.model:
         env["IMGSIM_APP_MODEL"] = args.model
     return env
@@ -81,17 +84,21 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from imgsim_lab.datasets import repo_root
+    from imgsim_lab.app.voila_server import jupyter_path_env, voila_options
+    from imgsim_lab.config import project_root
 
-    notebook = Path(args.notebook) if args.notebook else repo_root() / NOTEBOOK
+    notebook = Path(args.notebook) if args.notebook else project_root() / NOTEBOOK
     if not notebook.is_file():
-        log.error("notebook %s not found (generate it with scripts/make_search_notebook.py)", notebook)
-        return 2
+        raise UsageError(f"notebook {notebook} not found (generate it with scripts/make_notebooks.py)")
+    if args.port and not port_is_free(args.port):
+        raise UsageError(f"port {args.port} on {HOST} is already in use (another imgsim app?): "
+                         f"pick another with --port N, or --port 0 for any free port")
     port = args.port or _free_port()
-    env = {**os.environ, **kernel_env(args)}
-    cmd = [sys.executable, "-m", "voila", str(notebook.resolve()), f"--port={port}", "--no-browser",
-           f"--Voila.ip={HOST}", "--Voila.port_retries=0", "--show_tracebacks=False", "--theme=light"]
-    log.info("starting Voila: %s", " ".join(cmd))
+    env = {**os.environ, **kernel_env(args), "JUPYTER_PATH": jupyter_path_env()}
+    cmd = [sys.executable, "-m", "imgsim_lab.app.voila_server", str(notebook.resolve()), f"--port={port}",
+           "--no-browser", f"--Voila.ip={HOST}", "--Voila.port_retries=0", "--show_tracebacks=False",
+           "--theme=light", *voila_options()]
+    log.debug("starting Voila: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
 
     def forward(signum: int, _frame: object) -> None:
@@ -101,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if _wait_listening(port, proc):
             print(f"imgsim search app: http://{HOST}:{port}/  (Ctrl-C to stop)", flush=True)
+        elif proc.poll() is not None:
+            print(f"imgsim app: Voila stopped before serving (exit status {proc.returncode}); "
+                  "see the messages above", file=sys.stderr)
+            return 2
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)

@@ -19,17 +19,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_store(args.kv, args.namespace, read_only=_read_only(args.kv), must_exist=True) as store:
         info = store.info()
+        others = other_namespaces(store) if not info["images"] else []
+    if others:
+        info["other_namespaces"] = dict(others)
     if args.json:
         print(write_json(info, None))
         return 0
     kind = info['backend'] + (f", {info['server']}" if 'server' in info else '')
     print(f"store      {info['url']} ({kind}), namespace {info['namespace']}")
     print(f"images     {info['images']} (last id {info['last_id']})")
+    if not info["images"] and others:
+        print(f"note       namespace {info['namespace']!r} is empty; this store has data in: "
+              + ", ".join(f"{ns} ({n} images)" for ns, n in others)
+              + f". Choose one with --namespace NS (e.g. imgsim info --namespace {others[0][0]})")
     if not info["models"]:
         print("models     none yet")
     for name, m in sorted(info["models"].items()):
         print(f"model      {name}: {m['count']} embeddings, dim {m['dim']}, version {m['version']}")
     return 0
+
+
+def other_namespaces(store, limit: int = 20) -> list[tuple[str, int]]:
+    """Namespaces of the same store holding images, ``(name, images)``, largest first.
+
+    Uses ``store.namespaces()`` when the backend offers it; otherwise one scan of the
+    keys for ``<ns>:count`` counters (only run when the chosen namespace is empty).
+    """
+    lister = getattr(store, "namespaces", None)
+    if lister is not None:
+        names = [n for n in lister() if n != store.namespace]
+    else:
+        names = sorted({k[: -len(":count")] for k in store.raw_scan("")
+                        if k.endswith(":count") and ":" not in k[: -len(":count")]} - {store.namespace})
+    counts = []
+    for ns, raw in zip(names, store.raw_get([f"{n}:count" for n in names]) if names else [], strict=True):
+        try:
+            n = int(raw or 0)
+        except ValueError:
+            continue
+        if n:
+            counts.append((ns, n))
+    return sorted(counts, key=lambda t: (-t[1], t[0]))[:limit]
 
 
 def _read_only(url: str | None) -> bool:

@@ -11,11 +11,9 @@ stored vectors; the index under test (exact or memory-budgeted) is measured agai
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,22 +23,17 @@ from typing import Any
 import numpy as np
 
 from imgsim_lab import evaluation as ev
-from imgsim_lab.datasets import ImageItem, folder_items, repo_root
+from imgsim_lab.datasets import ImageItem
+from imgsim_lab.experiments.dataset import data_namespace, dataset_identity, load_items
+from imgsim_lab.experiments.params import checked_params
+from imgsim_lab.experiments.paths import resolve_data_dir, resolve_dataset, resolve_output_dir
+from imgsim_lab.jsonio import write_json
 
 log = logging.getLogger(__name__)
 
 #: Models whose input size is their nature (the image's own 32 px): ``input_size`` skips them.
 FIXED_SIZE_MODELS = frozenset({"pixels", "color_hist"})
 KS = (1, 5, 10)
-
-
-def checked_params(cls: type, values: dict[str, Any], what: str) -> Any:
-    """``cls(**values)``, rejecting unknown keys (typos in YAML must not pass silently)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {what} parameters {unknown}; known: {sorted(names)}")
-    return cls(**values)
 
 
 @dataclass
@@ -81,74 +74,6 @@ class BenchmarkParams:
         if model in self.model_sizes:
             return int(self.model_sizes[model])
         return None if model in FIXED_SIZE_MODELS else self.input_size
-
-
-# --------------------------------------------------------------------------- paths and data
-
-
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
-    """``data_dir``, else ``$IMGSIM_DATA_DIR``, else ``<repo>/data`` (independent of the cwd)."""
-    from imgsim_lab.config import ENV_DATA_DIR
-
-    return Path(data_dir or os.environ.get(ENV_DATA_DIR) or repo_root() / "data").resolve()
-
-
-def resolve_output_dir(output_dir: str | os.PathLike[str] | None) -> Path:
-    path = Path(output_dir) if output_dir else repo_root() / "experiments" / "runs" / "adhoc"
-    path = path.resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def data_namespace(dataset: str, size: int | None, seed: int, split: str = "train") -> str:
-    """A namespace naming the data in it, e.g. ``cifar10-train-5000-s0`` (reused across runs)."""
-    base = "cifar10" if dataset == "cifar10" else Path(dataset).name or "images"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "images"
-    return f"{slug}-{split}-{'all' if size is None else size}-s{seed}"
-
-
-def ensure_cifar10(data_dir: Path, source: str | None, progress: bool = True) -> Path:
-    """``<data_dir>/cifar10``, set up from ``source`` (default: the local archive) if needed."""
-    from imgsim_lab.datasets import default_cifar10_source, is_complete, setup_cifar10
-
-    root = data_dir / "cifar10"
-    if not is_complete(root):
-        src = source or default_cifar10_source()
-        log.info("setting CIFAR-10 up in %s from %s", root, src or "a torchvision download")
-        setup_cifar10(root, source=src, progress=progress)
-    return root
-
-
-def load_items(dataset: str, split: str, limit: int | None, seed: int, data_dir: Path,
-               source: str | None = None, progress: bool = True) -> list[ImageItem]:
-    """A seeded class-balanced subset of ``split`` of CIFAR-10 or of a ``train/ test/`` folder."""
-    if dataset == "cifar10":
-        from imgsim_lab.datasets import cifar10_items
-
-        root = ensure_cifar10(data_dir, source, progress)
-        return cifar10_items(split, root=root, limit=limit, seed=seed)
-    items = folder_items(Path(dataset) / split, label_from_parent=True)
-    return balanced_subset(items, limit, seed)
-
-
-def balanced_subset(items: list[ImageItem], limit: int | None, seed: int) -> list[ImageItem]:
-    """Round-robin over labels (each label's items in a seeded order) up to ``limit`` items."""
-    if limit is None or limit >= len(items):
-        return items
-    rng = np.random.default_rng(seed)
-    by_label: dict[str | None, list[ImageItem]] = {}
-    for it in items:
-        by_label.setdefault(it.label, []).append(it)
-    queues = [[grp[i] for i in rng.permutation(len(grp))] for _, grp in sorted(
-        by_label.items(), key=lambda kv: str(kv[0]))]
-    chosen: list[ImageItem] = []
-    depth = 0
-    while len(chosen) < limit:
-        for q in queues:
-            if depth < len(q) and len(chosen) < limit:
-                chosen.append(q[depth])
-        depth += 1
-    return sorted(chosen, key=lambda it: it.source)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -301,6 +226,44 @@ def environment() -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+class DatabaseMismatchError(RuntimeError):
+    """The store holds a different number of database vectors than the run selected."""
+
+
+def check_database_size(store, model_key: str, expected: int, db_size: int, namespace: str) -> None:
+    """Fail loudly unless the vectors searched are exactly the selected database images.
+
+    ``expected`` is the number of distinct, valid selected files (byte-identical files are
+    stored once); with neither duplicates nor rejections it equals ``db_size``.
+    """
+    stored = store.model_info().get(model_key)
+    count = stored.count if stored else 0
+    if count != expected:
+        raise DatabaseMismatchError(
+            f"namespace {namespace!r} holds {count} {model_key} vectors, but this run selected "
+            f"{db_size} database images ({expected} distinct and valid): the store mixes data "
+            "from another run; delete the namespace (imgsim flush --namespace ...) or use another")
+
+
+def dataset_title(dataset: str) -> str:
+    """``CIFAR-10``, or the folder's name, for titles and protocol text."""
+    return "CIFAR-10" if dataset == "cifar10" else Path(dataset).name or str(dataset)
+
+
+def protocol_markdown(p: BenchmarkParams) -> str:
+    """The notebook's title and protocol paragraph, naming the dataset actually used."""
+    name = dataset_title(p.dataset)
+    db = "all" if p.db_size is None else f"{p.db_size:,}"
+    q = "all" if p.query_size is None else f"{p.query_size:,}"
+    where = "" if p.dataset == "cifar10" else f" (`{p.dataset}`)"
+    return (f"# Benchmark: comparing models on {name} retrieval\n\n"
+            f"**Protocol.** The database is a class-balanced subset ({db} images) of the {name}"
+            f"{where} *train* split, ingested into the store with each model; the queries are a "
+            f"class-balanced subset ({q} images) of its *test* split, embedded with the same model and "
+            "never stored. A result is relevant when it has the query's class. Similarity is cosine "
+            f"on L2-normalized vectors. Models: {', '.join(f'`{m}`' for m in p.models)}.")
+
+
 def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
     """Ingest, evaluate every model, write ``metrics.json`` and plots into ``output_dir``.
 
@@ -312,6 +275,7 @@ def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
     from imgsim_lab.store import open_store
 
     p = params if isinstance(params, BenchmarkParams) else BenchmarkParams.from_dict(params)
+    p.dataset = resolve_dataset(p.dataset)
     t_start = time.perf_counter()
     out = resolve_output_dir(p.output_dir)
     data_dir = resolve_data_dir(p.data_dir)
@@ -319,11 +283,13 @@ def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
     q_items = load_items(p.dataset, "test", p.query_size, p.seed, data_dir, p.cifar10_source, p.progress)
     classes = sorted({it.label for it in db_items + q_items if it.label is not None})
     kv_url = p.kv_url or f"rocksdb:{out / 'kv'}"
-    namespace = p.namespace or data_namespace(p.dataset, p.db_size, p.seed)
+    identity = dataset_identity(p.dataset, db_items)
+    namespace = p.namespace or data_namespace(p.dataset, p.db_size, p.seed, identity=identity)
     log.info("benchmark: %d database / %d query images, models %s, store %s ns %s",
              len(db_items), len(q_items), p.models, kv_url, namespace)
     result: dict[str, Any] = {"params": dataclasses.asdict(p), "kv_url": kv_url, "namespace": namespace,
-                              "output_dir": str(out), "classes": classes,
+                              "output_dir": str(out), "classes": classes, "dataset": dataset_title(p.dataset),
+                              "dataset_identity": dataclasses.asdict(identity),
                               "db_images": len(db_items), "query_images": len(q_items),
                               "environment": environment(), "models": {}}
     paths = {it.source: str(it.path) for it in db_items + q_items}
@@ -331,6 +297,8 @@ def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
         for name in p.models:
             model = get_model(name, size=p.size_for(name))
             summary = ingest(db_items, store, [model], batch_size=p.batch_size, progress=p.progress)
+            check_database_size(store, model.key, identity.unique_files - sum(summary.rejected.values()),
+                                len(db_items), namespace)
             res = evaluate_model(store, model, p, q_items, classes, out)
             res["ingest"] = summary.to_dict()
             res["ingest"]["reused"] = summary.added + summary.embedded == 0
@@ -340,21 +308,6 @@ def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
     result["plots"] = draw_benchmark_plots(result, out, paths)
     write_json(out / "metrics.json", result)
     return result
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (a partial file never looks finished)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
 
 
 def draw_benchmark_plots(result: dict[str, Any], out: Path, paths: dict[str, str]) -> dict[str, str]:
@@ -436,19 +389,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
     return "" if v is None else str(v)
-
-
-def params_from_namespace(cls: type, namespace: dict[str, Any]) -> Any:
-    """``cls`` (a params dataclass) built from the variables of a notebook's parameters cell."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [n for n in names if n not in namespace]
-    if missing:
-        log.info("parameters not set in the notebook, using defaults: %s", missing)
-    return cls(**{n: namespace[n] for n in names if n in namespace})
-
-
-def notebook_logging(level: int = logging.INFO) -> None:
-    """Concise logging for notebooks: imgsim_lab at ``level``, per-image events silenced."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("imgsim_lab").setLevel(level)
-    logging.getLogger("imgsim_lab.ingest.events").setLevel(logging.WARNING)

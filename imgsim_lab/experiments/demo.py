@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from imgsim_lab.datasets import repo_root
+from imgsim_lab.config import project_root as repo_root
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def demo_main(argv: list[str] | None = None) -> int:
     """Set CIFAR-10 up when needed, run the demo grid, print the summary; 1 if a cell failed."""
-    from imgsim_lab.experiments.benchmark import ensure_cifar10, resolve_data_dir
+    from imgsim_lab.experiments.dataset import ensure_cifar10
     from imgsim_lab.experiments.grid import apply_overrides, load_experiment, parse_override
+    from imgsim_lab.experiments.paths import resolve_data_dir
     from imgsim_lab.experiments.runner import run_experiment
 
     args = demo_parser().parse_args(argv)

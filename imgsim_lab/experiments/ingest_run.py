@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgsim_lab.datasets import repo_root
-from imgsim_lab.experiments.benchmark import (
-    FIXED_SIZE_MODELS,
-    checked_params,
-    environment,
-    load_items,
-    resolve_data_dir,
-    resolve_output_dir,
-    write_json,
-)
+from imgsim_lab.experiments.benchmark import FIXED_SIZE_MODELS, environment
+from imgsim_lab.experiments.dataset import load_items
+from imgsim_lab.experiments.params import checked_params
+from imgsim_lab.experiments.paths import resolve_data_dir, resolve_dataset, resolve_output_dir
+from imgsim_lab.jsonio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +53,11 @@ def run_ingest(params: IngestParams | dict[str, Any]) -> dict[str, Any]:
 
     p = params if isinstance(params, IngestParams) else IngestParams.from_dict(params)
     t0 = time.perf_counter()
+    p.dataset = resolve_dataset(p.dataset)
     data_dir = resolve_data_dir(p.data_dir)
-    out = resolve_output_dir(p.output_dir or repo_root() / "experiments" / "runs" / "ingest")
+    out = resolve_output_dir(p.output_dir, default="ingest")
     items = load_items(p.dataset, p.split, p.limit, p.seed, data_dir, p.cifar10_source, p.progress)
-    kv_url = p.kv_url or os.environ.get(config.ENV_KV_URL) or f"rocksdb:{data_dir / 'kv'}"
+    kv_url = p.kv_url or config.Settings.from_env(data_dir=data_dir).kv_url
     models = [get_model(n, size=None if n in FIXED_SIZE_MODELS else p.input_size) for n in p.models]
     result: dict[str, Any] = {"params": dataclasses.asdict(p), "kv_url": kv_url, "images": len(items),
                               "environment": environment(), "models": {}}

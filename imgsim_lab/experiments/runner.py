@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgsim_lab.datasets import repo_root
+from imgsim_lab.config import project_root as repo_root
 from imgsim_lab.experiments.grid import (
     CELL_FILE,
     METRICS,
@@ -30,6 +30,8 @@ from imgsim_lab.experiments.grid import (
     summary_markdown,
     summary_rows,
 )
+from imgsim_lab.experiments.paths import resolve_dataset
+from imgsim_lab.experiments.paths import runs_dir as _runs_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ ERROR_FILE = "error.txt"
 
 
 def default_runs_dir() -> Path:
-    return repo_root() / "experiments" / "runs"
+    return _runs_dir()
 
 
 @dataclass
@@ -76,6 +78,12 @@ def _resolve(path: str | Path, base: Path) -> Path:
 def cell_parameters(cell: Cell, cell_dir: Path, run_dir: Path) -> dict[str, Any]:
     """The papermill parameters of a cell: its params plus output dir and the shared store."""
     params = dict(cell.params)
+    # relative paths mean the caller's working directory, not the kernel's (notebooks/)
+    if isinstance(params.get("dataset"), str):
+        params["dataset"] = resolve_dataset(params["dataset"])
+    for key in ("data_dir", "cifar10_source"):
+        if isinstance(params.get(key), str):
+            params[key] = str(Path(params[key]).expanduser().resolve())
     params["output_dir"] = str(cell_dir)
     params.setdefault("kv_url", f"rocksdb:{run_dir / 'kv'}")
     params.setdefault("progress", False)

@@ -169,6 +169,9 @@ class NewImage:
     height: int
     label: str | None = None
     embeddings: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: Absolute path of the file on the machine that added it (None: not a file, or unknown),
+    #: so the app and the CLI can show and open it wherever it lives.
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if not SHA_RE.match(self.sha256 or ""):
@@ -192,6 +195,7 @@ class Record:
     height: int
     label: str | None
     added: float
+    path: str | None = None  # absolute path of the file when added (optional; see NewImage.path)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

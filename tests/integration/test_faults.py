@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _ingest_cmd(source: Path, kv: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "imgsim_lab.cli", "ingest", str(source), "--model", "pixels",
-            "--kv", kv, "--batch-size", "8", *extra]
+            "--kv", kv, "--batch-size", "8", "--json", "-", *extra]
 
 
 def _wait_count(url: str, at_least: int, proc: subprocess.Popen, timeout: float = 120) -> int:

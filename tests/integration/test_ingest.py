@@ -100,7 +100,7 @@ def test_cli_ingest_then_search_never_returns_the_query(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
     res = _cli("search", str(bad), "--model", "pixels", "--kv", kv, env=env)
-    assert res.returncode == 1 and "rejected" in res.stdout
+    assert res.returncode == 2 and "rejected" in res.stderr  # one line, exit 2 (a user mistake)
 
 
 def _state(url: str) -> dict[str, bytes]:

@@ -91,7 +91,7 @@ def test_notebooks_are_generated_without_outputs_and_parameterized() -> None:
     check = subprocess.run([sys.executable, str(REPO / "scripts" / "make_notebooks.py"), "--check"],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    for name in ("01_ingest.ipynb", "03_benchmark.ipynb"):
+    for name in ("01_ingest.ipynb", "02_search.ipynb", "03_benchmark.ipynb"):
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         assert nb.metadata.kernelspec.name == "python3" and nb.metadata.kernelspec.language == "python"
         assert nb.metadata.language_info.name == "python"
@@ -143,6 +143,16 @@ def test_benchmark_notebook_ranks_the_cnn_above_pixels(dataset: dict, tmp_path: 
         assert Path(png).stat().st_size > 1000
     executed = (tmp_path / "03_benchmark.ipynb").read_text()
     assert "image/png" in executed and "efficientnet_lite0_96px" in executed
+    import nbformat
+
+    nb = nbformat.read(tmp_path / "03_benchmark.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    # log lines are plain output (stdout), not red stderr boxes
+    assert any(o.get("name") == "stdout" and " INFO " in o.get("text", "") for o in outputs)
+    assert not [o for o in outputs if o.get("name") == "stderr" and " INFO " in o.get("text", "")]
+    title = "CIFAR-10" if dataset["cifar10"] else Path(dataset["dataset"]).name
+    assert f"# Benchmark: comparing models on {title} retrieval" in executed  # titled by its dataset
+    assert not dataset["cifar10"] or "CIFAR-10" in executed
 
 
 def test_experiment_runner_cli_runs_skips_and_reports_failures(dataset: dict, tmp_path: Path) -> None:

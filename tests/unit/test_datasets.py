@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_lab import datasets
 from imgsim_lab.cli import build_parser
 from imgsim_lab.cli import main as cli_main
 from imgsim_lab.datasets import (
@@ -334,6 +333,8 @@ def test_items_from_source(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_repo_default_source_path() -> None:
-    expected = datasets.repo_root().parent / "shared" / "datasets" / "cifar10-jpeg.zip"
+    from imgsim_lab.config import project_root
+
+    expected = (project_root().parent / "shared" / "datasets" / "cifar10-jpeg.zip").resolve()
     if ENV_CIFAR10_SOURCE not in os.environ:
         assert default_cifar10_source() == (expected if expected.is_file() else None)

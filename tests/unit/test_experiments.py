@@ -99,20 +99,77 @@ def test_benchmark_params_reject_unknown_and_sizes_skip_baselines() -> None:
 
 
 def test_params_from_namespace_takes_only_fields() -> None:
-    p = bm.params_from_namespace(bm.BenchmarkParams, {"db_size": 7, "other": 1, "k": 3})
+    from imgsim_lab.experiments.params import params_from_namespace
+
+    p = params_from_namespace(bm.BenchmarkParams, {"db_size": 7, "other": 1, "k": 3})
     assert (p.db_size, p.k, p.query_size) == (7, 3, 1000)
 
 
 def test_data_namespace_and_balanced_subset() -> None:
-    assert bm.data_namespace("cifar10", 5000, 0) == "cifar10-train-5000-s0"
-    assert bm.data_namespace("/x/my images", None, 2, "test") == "my-images-test-all-s2"
+    from imgsim_lab.experiments.dataset import balanced_subset, data_namespace
+
+    assert data_namespace("cifar10", 5000, 0) == "cifar10-train-5000-s0"
+    assert data_namespace("/x/my images", None, 2, "test") == "my-images-test-all-s2"
     items = [ImageItem(f"s/{c}/{i}", c) for c in "abc" for i in range(10 if c != "c" else 2)]
-    sub = bm.balanced_subset(items, 9, seed=1)
+    sub = balanced_subset(items, 9, seed=1)
     counts = {c: sum(it.label == c for it in sub) for c in "abc"}
     assert counts == {"a": 4, "b": 3, "c": 2} or counts == {"a": 3, "b": 4, "c": 2}
     assert sub == sorted(sub, key=lambda it: it.source)
-    assert bm.balanced_subset(items, 9, seed=1) == sub
-    assert bm.balanced_subset(items, None, 0) == items
+    assert balanced_subset(items, 9, seed=1) == sub
+    assert balanced_subset(items, None, 0) == items
+
+
+def _folder(root: Path, n: int, salt: str = "") -> list[ImageItem]:
+    from imgsim_lab.datasets import folder_items
+
+    for i in range(n):
+        (root / "train" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (root / "train" / f"c{i % 2}" / f"{i}.png").write_bytes(f"{salt}{i}".encode())
+    return folder_items(root / "train", label_from_parent=True)
+
+
+def test_namespace_is_bound_to_the_datasets_identity(tmp_path: Path) -> None:
+    """Same basename, different folders or changed files: different namespaces (issue 14.11)."""
+    from imgsim_lab.experiments.dataset import data_namespace, dataset_identity
+
+    a, b = tmp_path / "one" / "fashion", tmp_path / "two" / "fashion"
+    ia, ib = dataset_identity(str(a), _folder(a, 6)), dataset_identity(str(b), _folder(b, 6))
+    na, nb = (data_namespace(str(d), 6, 0, identity=i) for d, i in ((a, ia), (b, ib)))
+    assert na.startswith("fashion-train-6-s0-") and nb.startswith("fashion-train-6-s0-") and na != nb
+    assert data_namespace(str(a), 6, 0, identity=dataset_identity(str(a), _folder(a, 6))) == na  # stable
+    (a / "train" / "c0" / "0.png").write_bytes(b"changed")
+    from imgsim_lab.datasets import folder_items
+
+    changed = dataset_identity(str(a), folder_items(a / "train", label_from_parent=True))
+    assert data_namespace(str(a), 6, 0, identity=changed) != na
+    assert (ia.files, ia.unique_files) == (6, 6)
+
+
+def test_benchmark_refuses_a_store_that_mixes_datasets(tmp_path: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    from imgsim_lab.store import NewImage, open_store
+
+    with open_store(f"rocksdb:{tmp_path / 'kv'}", "mixed") as store:
+        store.register_model("m", 2, "v1")
+        store.add_images([NewImage(hashlib.sha256(bytes([i])).hexdigest(), f"{i}", 4, 4,
+                                   embeddings={"m": np.ones(2, np.float32)}) for i in range(7)])
+        bm.check_database_size(store, "m", 7, 7, "mixed")
+        with pytest.raises(bm.DatabaseMismatchError, match="holds 7 m vectors, but this run selected 5"):
+            bm.check_database_size(store, "m", 5, 5, "mixed")
+
+
+def test_relative_dataset_paths_mean_the_callers_cwd(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cell = g.Cell("c", {"dataset": "fashion", "data_dir": "d"})
+    params = cell_parameters(cell, tmp_path / "runs" / "c", tmp_path / "runs")
+    assert params["dataset"] == str(tmp_path / "fashion") and params["data_dir"] == str(tmp_path / "d")
+    assert cell_parameters(g.Cell("c", {"dataset": "cifar10"}), tmp_path, tmp_path)["dataset"] == "cifar10"
+    assert bm.dataset_title("cifar10") == "CIFAR-10"
+    assert bm.dataset_title(str(tmp_path / "fashion")) == "fashion"
 
 
 def test_example_query_indices_one_per_class_in_order() -> None:
