@@ -25,3 +25,20 @@ def write_json(obj: Any, path: str | None) -> str:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text + "\n", encoding="utf-8")
     return text
+
+
+def add_backend_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
+                        help="what runs the CNNs (default onnxruntime; same vectors either way)")
+
+
+def load_model(name: str, size: int | None = None, backend: str | None = None):
+    """``get_model(name, size)``, on ``backend`` when given and the model has backends (CNNs)."""
+    from imgsim_lab.models import get_model
+
+    if backend:
+        try:
+            return get_model(name, size=size, backend=backend)
+        except TypeError:  # a baseline: numpy only
+            pass
+    return get_model(name, size=size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from imgsim_lab.cli._common import add_store_args, write_json
+from imgsim_lab.cli._common import add_backend_arg, add_store_args, load_model, write_json
 from imgsim_lab.images import Limits
 from imgsim_lab.store import open_store
 
@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=None,
                         help="model name (repeat for several; default efficientnet_lite0)")
     parser.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's)")
+    add_backend_arg(parser)
     add_store_args(parser)
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N images (class-balanced for CIFAR-10)")
@@ -36,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgsim_lab.datasets import items_from_source
     from imgsim_lab.ingest import ingest
-    from imgsim_lab.models import get_model
-    models = [get_model(name, size=args.size) for name in (args.model or ["efficientnet_lite0"])]
+    models = [load_model(name, args.size, args.backend) for name in (args.model or ["efficientnet_lite0"])]
     items = items_from_source(args.source, limit=args.limit, seed=args.seed,
                               label_from_parent=args.label_from_parent)
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)

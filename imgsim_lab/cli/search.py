@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgsim_lab.cli._common import add_store_args, write_json
+from imgsim_lab.cli._common import add_backend_arg, add_store_args, load_model, write_json
 from imgsim_lab.store import open_store
 
 NAME = "search"
@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="an image file")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--size", type=int, default=None)
+    add_backend_arg(parser)
     parser.add_argument("--k", type=int, default=5)
     add_store_args(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = args.image.read_bytes()
     with open_store(args.kv, args.namespace, read_only=_read_only(args.kv)) as store:
-        searcher = Searcher(store, args.model, size=args.size)
+        searcher = Searcher(store, load_model(args.model, args.size, args.backend))
         try:
             result = searcher.search_bytes(data, k=args.k, source=str(args.image))
         except ImageRejected as exc:
