@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(forward_images_per_s stays the 1-process forward)")
     parser.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
                         help="CNN backend (default onnxruntime)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
-                        help="CNNs: bf16 = torch autocast, int8 = ONNX Runtime static quantization")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                        help="CNNs: bf16 = torch autocast (needs --backend torch)")
     parser.add_argument("--no-channels-last", action="store_true", help="torch backend: NCHW")
     parser.add_argument("--ort-spinning", action="store_true",
                         help="ONNX Runtime: let idle threads spin-wait (its own default)")

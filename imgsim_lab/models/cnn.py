@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "torch")
 DEFAULT_BACKEND = "onnxruntime"
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16")
 
 
 class CNNModel(EmbeddingModel):
@@ -40,7 +40,7 @@ class CNNModel(EmbeddingModel):
     ``default_size`` and ``base_version`` before calling :meth:`_setup`.
 
     Options: ``backend`` ("onnxruntime" default, "torch"), ``precision`` ("fp32"; "bf16"
-    torch autocast; "int8" ONNX Runtime static quantization), ``num_threads``,
+    torch autocast), ``num_threads``,
     ``channels_last`` (torch only), ``ort`` (:class:`OrtOptions`).
     """
 
@@ -59,8 +59,6 @@ class CNNModel(EmbeddingModel):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "bf16" and backend != "torch":
             raise ValueError("precision='bf16' needs backend='torch'")
-        if precision == "int8" and backend != "onnxruntime":
-            raise ValueError("precision='int8' needs backend='onnxruntime'")
         self.backend, self.precision = backend, precision
         self.channels_last = channels_last
         self.threads = compute_threads(num_threads)
@@ -91,32 +89,15 @@ class CNNModel(EmbeddingModel):
 
     # -- onnxruntime ----------------------------------------------------------------------
 
-    def onnx_path(self, precision: str | None = None):
-        """Cache file of this model's export (``precision``: "fp32" or "int8")."""
-        prec = precision or ("int8" if self.precision == "int8" else "fp32")
-        suffix = "" if prec == "fp32" else f"-{prec}"
-        return cache_dir() / f"{self.name}-{self.size}px-{self.base_version}{suffix}.onnx"
-
-    def _export_meta(self, precision: str) -> dict[str, Any]:
-        return {"model": self.name, "version": self.version if precision == self.precision
-                else self.base_version, "size": self.size, "precision": precision,
-                "input": f"uint8 (n, {self.size}, {self.size}, 3)"}
-
-    def _fp32_export(self):
-        return export_torch(self.torch_module, (2, self.size, self.size, 3))
+    def onnx_path(self):
+        """Cache file of this model's fp32 export (per name, input size and version)."""
+        return cache_dir() / f"{self.name}-{self.size}px-{self.base_version}.onnx"
 
     def _ort_runner(self):
-        from imgsim_lab.models import onnx_backend
-
-        fp32 = self.onnx_path("fp32")
-        if self.precision != "int8":
-            return load_runner(fp32, self._fp32_export(), self._export_meta("fp32"),
-                               self.threads, self.ort_options)
-        from imgsim_lab.models.quantize import quantize_export
-
-        onnx_backend.ensure_exported(fp32, self._fp32_export(), self._export_meta("fp32"))
-        return load_runner(self.onnx_path("int8"), quantize_export(self, fp32),
-                           self._export_meta("int8"), self.threads, self.ort_options)
+        meta = {"model": self.name, "version": self.version, "size": self.size,
+                "input": f"uint8 (n, {self.size}, {self.size}, 3)"}
+        return load_runner(self.onnx_path(), export_torch(self.torch_module, (2, self.size, self.size, 3)),
+                           meta, self.threads, self.ort_options)
 
     # -- the interface -------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ class EfficientNetLite(CNNModel):
 
     Options: ``backend`` ("onnxruntime" default; "torch"), ``precision`` ("fp32" default;
     "bf16": torch autocast, 2-3x faster on AVX-512-BF16 CPUs but min cosine to fp32
-    0.985; "int8": ONNX Runtime static quantization), ``channels_last`` (torch; default
+    0.985), ``channels_last`` (torch; default
     on, identical results), ``num_threads``, ``ort`` (:class:`OrtOptions`).
     """
 

@@ -130,6 +130,7 @@ def _session_options(opts: OrtOptions, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: no notes about unused initializers
     so.graph_optimization_level = levels[opts.optimization]
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spinning else "0")
     return so
