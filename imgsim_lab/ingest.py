@@ -190,9 +190,10 @@ def ingest(items: Sequence[ImageItem] | Iterable[ImageItem], store: Store,
     total = len(items) if hasattr(items, "__len__") else None
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"ingest {'+'.join(summary.models)}", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsim-decode") as pool:
-        for chunk in prefetch(_chunks(items, store, models, limits, batch_size, pool),
-                              PREFETCH_CHUNKS, name="imgsim-ingest-reader"):
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsim-decode") as pool,
+          prefetch(_chunks(items, store, models, limits, batch_size, pool), PREFETCH_CHUNKS,
+                   name="imgsim-ingest-reader") as chunks):  # stopped before the pool on error
+        for chunk in chunks:
             for it, err in chunk.rejected:
                 summary.rejected[err.reason] += 1
                 events.info("rejected %s: %s", it.source, err)
