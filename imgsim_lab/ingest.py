@@ -1,22 +1,23 @@
-"""Ingestion as a pipeline of stages: read → validate and hash → skip known → embed → write.
+"""Ingestion as a pipeline of stages: read and hash → skip known → decode → embed → write.
 
-- **read and hash** (thread pool): the file's bytes and their SHA-256;
-- **skip known**: one store look-up per chunk; an image whose sha256 is stored with an
-  embedding of every requested model is a duplicate and is never decoded;
-- **decode** (thread pool): validation (:mod:`imgsim_lab.images`) and each model's
-  preprocessing, one chunk ahead of the forward pass, so decoding overlaps inference;
-- **embed**: each model's forward on the stacked batch;
-- **write**: one atomic batch per chunk (:meth:`Store.add_images`), so an interrupted
-  run resumes by running it again: only what is missing is added, never a duplicate.
+- **read and hash** (:func:`read_stage`, thread pool): the file's bytes and their SHA-256;
+- **skip known** (:func:`dedupe_stage`): one store look-up per chunk; an image whose sha256
+  is stored with an embedding of every requested model is a duplicate and is never decoded;
+- **decode** (:func:`decode_stage`, thread pool): validation (:mod:`imgsim_lab.images`)
+  and each model's preprocessing;
+- **embed** (:func:`imgsim_lab.pipeline.embed_batches`): each model's forward on the batch;
+- **write** (:func:`write_stage`, the one place records are written): one atomic batch per
+  chunk (:meth:`Store.add_images`), so an interrupted run resumes by running it again: only
+  what is missing is added, never a duplicate.
 
-The index is updated afterwards from the store (:func:`update_indexes`).
+Read, dedupe and decode run on a :func:`~imgsim_lab.pipeline.prefetch` thread up to two
+chunks ahead of embed and write, so decoding overlaps the forward. The caller updates
+the index from the store afterwards (``SimilarityIndex.sync``, as ``imgsim ingest`` does).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from imgsim_lab.datasets import ImageItem
@@ -32,6 +32,7 @@ from imgsim_lab.images import ImageRejected, Limits, decode, sha256_hex
 from imgsim_lab.iterutil import chunked
 from imgsim_lab.messages import describe_rejection
 from imgsim_lab.models import EmbeddingModel
+from imgsim_lab.pipeline import embed_batches, prefetch
 from imgsim_lab.store import NewImage, Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ events = logging.getLogger("imgsim_lab.ingest.events")
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_WORKERS = 2
+#: Chunks read/decoded ahead of the forward.
+PREFETCH_CHUNKS = 2
 
 
 @dataclass
@@ -73,7 +76,7 @@ class _Entry:
     sha256: str
     width: int = 0
     height: int = 0
-    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # model key -> tensor
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # model key -> preprocessed input
 
 
 @dataclass
@@ -105,42 +108,65 @@ def _decode(entry: _Entry, data: bytes, models: Sequence[EmbeddingModel], limits
     return entry
 
 
-def _prepare(items: Iterable[ImageItem], store: Store, models: Sequence[EmbeddingModel],
-             limits: Limits, batch_size: int, pool: ThreadPoolExecutor) -> Iterator[_Chunk]:
+def read_stage(items: list[ImageItem], limits: Limits, pool: ThreadPoolExecutor,
+               out: _Chunk) -> list[tuple[ImageItem, bytes, str]]:
+    """Read and hash; rejections go to ``out``. Returns (item, bytes, sha256) in order."""
+    reads = list(pool.map(lambda it: _try(_read, it, limits), items))
+    got = []
+    for it, (res, err) in zip(items, reads, strict=True):
+        if err is not None:
+            out.rejected.append((it, err))
+        else:
+            got.append((it, *res))
+    return got
+
+
+def dedupe_stage(read: list[tuple[ImageItem, bytes, str]], store: Store,
+                 models: Sequence[EmbeddingModel], seen: set[str],
+                 out: _Chunk) -> list[tuple[ImageItem, bytes, str]]:
+    """Drop images seen earlier in this run or stored with every model's vector."""
+    fresh = []
+    for it, data, sha in read:
+        if sha in seen:
+            out.duplicates += 1
+            events.info("duplicate %s (same bytes as an earlier file of this run)", it.source)
+        else:
+            seen.add(sha)
+            fresh.append((it, data, sha))
+    ids = store.ids_for_hashes([sha for _, _, sha in fresh])
+    missing = np.ones(len(fresh), bool)
+    known = [i for i, image_id in enumerate(ids) if image_id is not None]
+    if known:
+        complete = np.ones(len(known), bool)
+        for m in models:
+            complete &= store.has_embeddings(m.key, [ids[i] for i in known])
+        for i, done in zip(known, complete, strict=True):
+            if done:
+                missing[i] = False
+                out.duplicates += 1
+                events.debug("duplicate %s: already stored as id %d", fresh[i][0].source, ids[i])
+    return [f for f, need in zip(fresh, missing, strict=True) if need]
+
+
+def decode_stage(todo: list[tuple[ImageItem, bytes, str]], models: Sequence[EmbeddingModel],
+                 limits: Limits, pool: ThreadPoolExecutor, out: _Chunk) -> None:
+    """Validate, decode and preprocess for every model into ``out.entries`` (in order)."""
+    decoded = pool.map(lambda f: _try(_decode, _Entry(f[0], f[2]), f[1], models, limits), todo)
+    for (it, _, _), (entry, err) in zip(todo, decoded, strict=True):
+        if err is not None:
+            out.rejected.append((it, err))
+        else:
+            out.entries.append(entry)
+
+
+def _chunks(items: Iterable[ImageItem], store: Store, models: Sequence[EmbeddingModel],
+            limits: Limits, batch_size: int, pool: ThreadPoolExecutor) -> Iterator[_Chunk]:
     """Read, hash, skip known and decode, chunk by chunk."""
     seen: set[str] = set()
     for items_chunk in chunked(items, batch_size):
         out = _Chunk([], size=len(items_chunk))
-        reads = list(pool.map(lambda it: _try(_read, it, limits), items_chunk))
-        fresh: list[tuple[ImageItem, bytes, str]] = []
-        for it, (res, err) in zip(items_chunk, reads, strict=True):
-            if err is not None:
-                out.rejected.append((it, err))
-            elif res[1] in seen:
-                out.duplicates += 1
-                events.info("duplicate %s (same bytes as an earlier file of this run)", it.source)
-            else:
-                seen.add(res[1])
-                fresh.append((it, *res))
-        ids = store.ids_for_hashes([sha for _, _, sha in fresh])
-        missing = np.ones(len(fresh), bool)
-        known = [i for i, image_id in enumerate(ids) if image_id is not None]
-        if known:
-            complete = np.ones(len(known), bool)
-            for m in models:
-                complete &= store.has_embeddings(m.key, [ids[i] for i in known])
-            for i, done in zip(known, complete, strict=True):
-                if done:
-                    missing[i] = False
-                    out.duplicates += 1
-                    events.debug("duplicate %s: already stored as id %d", fresh[i][0].source, ids[i])
-        todo = [f for f, need in zip(fresh, missing, strict=True) if need]
-        decoded = pool.map(lambda f: _try(_decode, _Entry(f[0], f[2]), f[1], models, limits), todo)
-        for (it, _, _), (entry, err) in zip(todo, decoded, strict=True):
-            if err is not None:
-                out.rejected.append((it, err))
-            else:
-                out.entries.append(entry)
+        fresh = dedupe_stage(read_stage(items_chunk, limits, pool, out), store, models, seen, out)
+        decode_stage(fresh, models, limits, pool, out)
         yield out
 
 
@@ -149,41 +175,6 @@ def _try(fn, *args):
         return fn(*args), None
     except ImageRejected as exc:
         return None, exc
-
-
-def _background(gen: Iterator[_Chunk], depth: int = 2) -> Iterator[_Chunk]:
-    """Run a generator in a thread, ``depth`` chunks ahead of the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for x in gen:
-                if stop.is_set():
-                    return
-                q.put(x)
-            q.put(done)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            q.put(exc)
-
-    t = threading.Thread(target=run, name="imgsim-ingest-reader", daemon=True)
-    t.start()
-    try:
-        while True:
-            x = q.get()
-            if x is done:
-                return
-            if isinstance(x, BaseException):
-                raise x
-            yield x
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
 
 
 def ingest(items: Sequence[ImageItem] | Iterable[ImageItem], store: Store,
@@ -200,14 +191,18 @@ def ingest(items: Sequence[ImageItem] | Iterable[ImageItem], store: Store,
     total = len(items) if hasattr(items, "__len__") else None
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"ingest {'+'.join(summary.models)}", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsim-decode") as pool:
-        for chunk in _background(_prepare(items, store, models, limits, batch_size, pool)):
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsim-decode") as pool,
+          prefetch(_chunks(items, store, models, limits, batch_size, pool), PREFETCH_CHUNKS,
+                   name="imgsim-ingest-reader") as chunks):  # stopped before the pool on error
+        for chunk in chunks:
             for it, err in chunk.rejected:
                 summary.rejected[err.reason] += 1
                 events.info("rejected %s: %s", it.source, describe_rejection(err))
             summary.duplicates += chunk.duplicates
             if chunk.entries:
-                _embed_and_write(chunk.entries, store, models, summary)
+                vectors = embed_batches(models, {m.key: [e.inputs[m.key] for e in chunk.entries]
+                                                 for m in models})
+                write_stage(chunk.entries, vectors, store, summary)
             summary.seen += chunk.size
             bar.update(chunk.size)
             bar.set_postfix(added=summary.added, dup=summary.duplicates,
@@ -218,9 +213,9 @@ def ingest(items: Sequence[ImageItem] | Iterable[ImageItem], store: Store,
     return summary
 
 
-def _embed_and_write(entries: list[_Entry], store: Store, models: Sequence[EmbeddingModel],
-                     summary: IngestSummary) -> None:
-    vectors = {m.key: m.embed_batch(torch.stack([e.inputs[m.key] for e in entries])) for m in models}
+def write_stage(entries: list[_Entry], vectors: dict[str, np.ndarray], store: Store,
+                summary: IngestSummary) -> None:
+    """Write one chunk atomically: each entry with its vector of every model (``vectors[key][i]``)."""
     new = [NewImage(e.sha256, e.item.source, e.width, e.height, e.item.label,
                     {k: v[i] for k, v in vectors.items()},
                     path=str(e.item.path.resolve()) if e.item.path is not None else None)

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from imgsim_lab.images import ImageInfo, Limits, decode, sha256_hex
 from imgsim_lab.index import IndexConfig, SimilarityIndex
@@ -84,8 +83,7 @@ class Searcher:
 
     def embed(self, data: bytes) -> tuple[np.ndarray, ImageInfo]:
         img, info = decode(data, self.limits)
-        with torch.inference_mode():
-            vec = self.model.embed_batch(torch.stack([self.model.preprocess(img)]))[0]
+        vec = self.model.embed_images([img])[0]
         return vec, info
 
     def search_bytes(self, data: bytes, k: int = 5, *, add: bool = False, source: str = "upload",

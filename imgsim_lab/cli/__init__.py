@@ -3,15 +3,20 @@
 Each subcommand is one module of this package (``imgsim_lab/cli/<name>.py``) that defines
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; modules are
 discovered, so adding a subcommand is adding a file.
+
+Cold start: only the module of the command given is imported. ``imgsim --help`` imports
+none: it reads each module's ``NAME``/``HELP`` string constants from its source.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import logging
 import pkgutil
 import sys
+from pathlib import Path
 
 from imgsim_lab.log import setup_logging
 
@@ -34,11 +39,53 @@ def _first_positional(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def declared(package_path, wanted: str | None = None) -> list[tuple[str, str, str]]:
+    """(module, NAME, HELP) of a package's modules, read from their source without importing.
+
+    A module whose NAME or HELP is not a plain string constant is imported instead.
+    """
+    out = []
+    for info in pkgutil.iter_modules(package_path):
+        if info.name.startswith("_"):
+            continue
+        consts: dict[str, str] = {}
+        try:
+            tree = ast.parse(Path(info.module_finder.path, f"{info.name}.py").read_text("utf-8"))
+            for node in tree.body:
+                if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                        and isinstance(node.targets[0], ast.Name)
+                        and node.targets[0].id in ("NAME", "HELP")
+                        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                    consts[node.targets[0].id] = node.value.value
+        except (OSError, SyntaxError, AttributeError):
+            pass
+        out.append((info.name, consts.get("NAME", ""), consts.get("HELP", "")))
+    return sorted(out, key=lambda t: t[1] or t[0])
+
+
+def _wanted_module(argv: list[str] | None) -> str | None:
+    """The module of the subcommand on the command line (matched by NAME), else None."""
+    if argv is None:
+        return None
+    first = _first_positional(argv)
+    if first is None:
+        return None
+    for mod, name, _ in declared(__path__):
+        if first in (name, mod, mod.replace("_", "-")):
+            return mod
+    return None
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgsim", description="imgsim-lab image similarity workbench")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    wanted = _first_positional(argv) if argv is not None else None
+    wanted = _wanted_module(argv)
+    if argv is not None and wanted is None and all(name and text for _, name, text in declared(__path__)):
+        # no (known) subcommand: help or a usage error -- list them without importing any
+        for _, name, text in declared(__path__):
+            sub.add_parser(name, help=text, description=text)
+        return parser
     for mod in discover(__path__, __name__, wanted):
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)

@@ -54,11 +54,22 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
                              f"header before decoding (default {Limits.max_pixels:,})")
 
 
-def load_model(name: str, size: int | None = None):
-    """The embedding model ``name``; an unknown name or missing weights is a :class:`UsageError`."""
+def add_backend_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
+                        help="what runs the CNNs (default onnxruntime; same vectors either way)")
+
+
+def load_model(name: str, size: int | None = None, backend: str | None = None):
+    """The embedding model ``name`` (on ``backend`` when given and the model has backends: CNNs);
+    an unknown name or missing weights is a :class:`UsageError`."""
     from imgsim_lab.models import ModelUnavailableError, get_model
 
     try:
+        if backend:
+            try:
+                return get_model(name, size=size, backend=backend)
+            except TypeError:  # a baseline: numpy only
+                pass
         return get_model(name, size=size)
     except KeyError as exc:
         raise UsageError(str(exc.args[0]) if exc.args else f"unknown model {name!r}") from exc

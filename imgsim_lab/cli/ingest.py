@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from imgsim_lab.cli._common import UsageError, add_limit_args, add_store_args, load_model, positive_int
+from imgsim_lab.cli._common import (
+    UsageError,
+    add_backend_arg,
+    add_limit_args,
+
+    add_store_args,
+    load_model,
+    positive_int,
+)
 from imgsim_lab.jsonio import dumps, write_json
 from imgsim_lab.store import open_store
 
@@ -20,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name (repeat for several; default efficientnet_lite0)")
     parser.add_argument("--size", type=positive_int, default=None,
                         help="input size in pixels (default: the model's)")
+    add_backend_arg(parser)
     add_store_args(parser)
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N images (class-balanced for CIFAR-10)")
@@ -67,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from imgsim_lab.images import Limits
     from imgsim_lab.ingest import ingest
 
-    models = [load_model(name, args.size) for name in (args.model or ["efficientnet_lite0"])]
+    models = [load_model(name, args.size, args.backend) for name in (args.model or ["efficientnet_lite0"])]
     items = load_items(args)
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     with open_store(args.kv, args.namespace) as store:

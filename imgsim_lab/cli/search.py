@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imgsim_lab.cli._common import (
     UsageError,
+    add_backend_arg,
     add_store_args,
     load_model,
     positive_int,
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name (default efficientnet_lite0)")
     parser.add_argument("--size", type=positive_int, default=None,
                         help="input size in pixels (default: the model's)")
+    add_backend_arg(parser)
     parser.add_argument("--k", type=positive_int, default=5, help="how many results (default 5)")
     add_store_args(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         stored = store.model_info()
         if not any(k == args.model or k.startswith(f"{args.model}_") for k in stored):
             require_stored_model(store, args.model, args.kv)  # refuses before building the model
-        model = load_model(args.model, args.size)
+        model = load_model(args.model, args.size, args.backend)
         require_stored_model(store, model.key, args.kv)
         searcher = Searcher(store, model)
         try:

@@ -88,7 +88,7 @@ def _decoded(path: Path):
 def embed_items(model, items: list[ImageItem], batch_size: int = 64,
                 progress: bool = True) -> tuple[np.ndarray, float]:
     """Vectors of ``items`` in order (validated and decoded as ingest does) and images/s."""
-    from imgsim_lab.models import embed_stream
+    from imgsim_lab.pipeline import embed_stream
 
     t0 = time.perf_counter()
     parts = [b.vectors for b in embed_stream(

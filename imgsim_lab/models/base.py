@@ -1,8 +1,11 @@
-"""The :class:`EmbeddingModel` interface shared by every registered model."""
+"""The :class:`EmbeddingModel` interface shared by every registered model.
+
+Pure interface: numpy and PIL only, no torch and no runner. Overlapped (threaded or
+multi-process) batch embedding lives in :mod:`imgsim_lab.pipeline`.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from abc import ABC, abstractmethod
@@ -10,10 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-
-log = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -22,12 +22,10 @@ class ModelUnavailableError(RuntimeError):
     """A registered model cannot be built here (e.g. its weights file is missing)."""
 
 
-def l2_normalize(x: np.ndarray | torch.Tensor, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm, as a C-contiguous float32 array."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float()
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(eps)
-        return np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+def l2_normalize(x: Any, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` (a numpy array or anything ``np.asarray`` takes) at unit L2 norm, float32."""
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch
+        x = x.detach().float().cpu().numpy()
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(n, eps), dtype=np.float32)
@@ -45,19 +43,14 @@ _THREAD_LIMIT: int | None = None
 
 
 def set_thread_limit(n: int | None) -> None:
-    """Cap the torch threads models use in this process (e.g. 1 per worker process)."""
+    """Cap the compute threads models built afterwards use (e.g. 1 per worker process)."""
     global _THREAD_LIMIT
     _THREAD_LIMIT = n
-    if n:
-        torch.set_num_threads(n)
 
 
-def use_all_cores(num_threads: int | None = None) -> None:
-    """Let torch's intra-op pool use ``num_threads`` (default: every core available)."""
-    n = num_threads or _THREAD_LIMIT or default_num_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-        log.debug("torch intra-op threads set to %d", n)
+def compute_threads(num_threads: int | None = None) -> int:
+    """Threads a model's forward uses: the argument, else the process limit, else every core."""
+    return int(num_threads or _THREAD_LIMIT or default_num_threads())
 
 
 def resize_center_crop(img: Image.Image, size: int,
@@ -75,22 +68,22 @@ def resize_center_crop(img: Image.Image, size: int,
     return img.crop((left, top, left + size, top + size))
 
 
-def pil_to_uint8_chw(img: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a (3, H, W) uint8 tensor."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+def pil_to_uint8_hwc(img: Image.Image) -> np.ndarray:
+    """An RGB PIL image as a C-contiguous (H, W, 3) uint8 array (no copy of the channels order)."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def pil_to_uint8_chw(img: Image.Image) -> np.ndarray:
+    """An RGB PIL image as a (3, H, W) uint8 array."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def pil_to_normalized_chw(img: Image.Image, mean: Sequence[float] | float,
-                          std: Sequence[float] | float) -> torch.Tensor:
-    """An RGB PIL image as (3, H, W) float32 ``(x - mean) / std`` (x in 0..255).
-
-    Done in numpy on purpose: it runs in decode threads, and torch elementwise ops on
-    tensors this size would start their own intra-op thread teams and fight the forward.
-    """
+                          std: Sequence[float] | float) -> np.ndarray:
+    """An RGB PIL image as (3, H, W) float32 ``(x - mean) / std`` (x in 0..255)."""
     arr = np.asarray(img, dtype=np.float32)
     arr = (arr - np.asarray(mean, dtype=np.float32)) * (1.0 / np.asarray(std, dtype=np.float32))
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
 def make_key(name: str, size: int, default_size: int) -> str:
@@ -101,19 +94,32 @@ def make_key(name: str, size: int, default_size: int) -> str:
     return key
 
 
+def stack(batch: Any) -> np.ndarray:
+    """A batch as one numpy array: an array as is, a torch tensor or a list of inputs stacked."""
+    if isinstance(batch, np.ndarray):
+        return batch
+    if hasattr(batch, "detach"):
+        return batch.detach().cpu().numpy()
+    parts = [p.detach().cpu().numpy() if hasattr(p, "detach") else np.asarray(p) for p in batch]
+    return np.stack(parts) if parts else np.zeros((0,), np.float32)
+
+
 class EmbeddingModel(ABC):
     """A model that maps RGB images to L2-normalized float32 vectors of length ``dim``.
 
     Subclasses set ``name``, ``version``, ``dim`` and ``default_size`` and implement
-    :meth:`preprocess` (one PIL image -> one tensor; ``torch.stack`` of these is a batch)
+    :meth:`preprocess` (one PIL image -> one numpy array; ``np.stack`` of these is a batch)
     and :meth:`_forward` (batch -> (n, dim) raw features). ``version`` must change
-    whenever weights or preprocessing change: stored vectors are checked against it.
+    whenever weights or preprocessing change: stored vectors are checked against it. It
+    never depends on the backend that computes the forward.
     """
 
     name: str
     version: str
     dim: int
     default_size: int
+    #: What runs the forward ("numpy", "onnxruntime", "torch").
+    backend: str = "numpy"
 
     #: Pixels (n * S * S) per forward call; larger batches are split. Big activations
     #: (> 32 MB) are mmapped fresh by glibc on every call and page faults then dominate:
@@ -133,37 +139,37 @@ class EmbeddingModel(ABC):
         return make_key(self.name, self.size, self.default_size)
 
     def info(self) -> dict[str, Any]:
-        """Name, version, dim, sizes and key as a JSON-able dict (stored as metadata)."""
+        """Name, version, dim, sizes, key and backend as a JSON-able dict."""
         return {"name": self.name, "version": self.version, "dim": self.dim,
-                "size": self.size, "default_size": self.default_size, "key": self.key}
+                "size": self.size, "default_size": self.default_size, "key": self.key,
+                "backend": self.backend}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, size={self.size}, "
-                f"dim={self.dim}, version={self.version!r})")
+                f"dim={self.dim}, version={self.version!r}, backend={self.backend!r})")
 
     @abstractmethod
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """One PIL image -> one input tensor (thread-safe; runs in decode workers)."""
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """One PIL image -> one input array (thread-safe; runs in decode workers)."""
 
     @abstractmethod
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor | np.ndarray:
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch -> (n, dim) unnormalized features."""
 
-    def embed_batch(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+    def embed_batch(self, batch: Any) -> np.ndarray:
         """Stacked :meth:`preprocess` outputs -> (n, dim) float32, L2-normalized rows."""
-        if not isinstance(batch, torch.Tensor):
-            batch = torch.stack(list(batch))
+        batch = stack(batch)
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         step = batch.shape[0]
-        if self.forward_pixels:
-            step = max(1, self.forward_pixels // (batch.shape[-1] * batch.shape[-2]))
-        with torch.inference_mode():
-            if step >= batch.shape[0]:
-                out = self._forward(batch)
-            else:
-                out = torch.cat([self._forward(batch[i:i + step])
-                                 for i in range(0, batch.shape[0], step)])
+        if self.forward_pixels and batch.ndim == 4:
+            h, w = _spatial(batch)
+            step = max(1, self.forward_pixels // (h * w))
+        if step >= batch.shape[0]:
+            out = self._forward(batch)
+        else:
+            out = np.concatenate([np.asarray(self._forward(batch[i:i + step]))
+                                  for i in range(0, batch.shape[0], step)])
         vecs = l2_normalize(out)
         if vecs.shape != (batch.shape[0], self.dim):
             raise RuntimeError(f"{self.name}: expected {(batch.shape[0], self.dim)}, "
@@ -171,11 +177,22 @@ class EmbeddingModel(ABC):
         return vecs
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
-        """Embed PIL images (in order) in batches; decode/forward overlap via the runner."""
-        from imgsim_lab.models.runner import embed_stream
-
-        parts = [b.vectors for b in embed_stream(self, enumerate(images), batch_size=batch_size,
-                                                 on_error="raise")]
+        """Embed PIL images in order, ``batch_size`` at a time (synchronous; for overlapped
+        decoding use :func:`imgsim_lab.pipeline.embed_stream`)."""
+        parts = [self.embed_batch([self.preprocess(im) for im in images[i:i + batch_size]])
+                 for i in range(0, len(images), batch_size)]
         if not parts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(parts, axis=0)
+
+    def warm_up(self) -> EmbeddingModel:
+        """Load everything the first real query would (sessions, kernels); cheap when done."""
+        self.embed_images([Image.new("RGB", (self.size, self.size), (127, 127, 127))])
+        return self
+
+
+def _spatial(batch: np.ndarray) -> tuple[int, int]:
+    """(H, W) of an NCHW or NHWC batch (channels are the axis of size 3 or 1)."""
+    if batch.shape[-1] in (1, 3) and batch.shape[1] not in (1, 3):
+        return batch.shape[1], batch.shape[2]
+    return batch.shape[-2], batch.shape[-1]

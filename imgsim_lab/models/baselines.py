@@ -1,16 +1,15 @@
 """Training-free baselines: ``pixels`` and ``color_hist``.
 
-Both ``preprocess`` to a (3, S, S) tensor (float in [0, 1] for ``pixels``, uint8 for
-``color_hist``); ``torch.stack`` of those is the batch for ``embed_batch``.
+Both ``preprocess`` to a (3, S, S) array (float32 in [0, 1] for ``pixels``, uint8 for
+``color_hist``); ``np.stack`` of those is the batch for ``embed_batch``. numpy only.
 """
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from PIL import Image
 
 from imgsim_lab.models.base import EmbeddingModel, pil_to_normalized_chw, pil_to_uint8_chw
-from imgsim_lab.models.registry import register
 
 
 def _squash(img: Image.Image, size: int) -> Image.Image:
@@ -38,13 +37,13 @@ class Pixels(EmbeddingModel):
         super().__init__(size)
         self.dim = 3 * self.size * self.size
 
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
+    def preprocess(self, img: Image.Image) -> np.ndarray:
         """(3, S, S) float32 in [0, 1]."""
         return pil_to_normalized_chw(_squash(img, self.size), 0.0, 255.0)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.reshape(batch.shape[0], -1).float()
-        return x - x.mean(dim=1, keepdim=True)
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        x = batch.reshape(batch.shape[0], -1).astype(np.float32, copy=False)
+        return x - x.mean(axis=1, keepdims=True, dtype=np.float32)
 
 
 class ColorHist(EmbeddingModel):
@@ -60,17 +59,14 @@ class ColorHist(EmbeddingModel):
     dim = 512
     bins = 8
 
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
+    def preprocess(self, img: Image.Image) -> np.ndarray:
         """(3, S, S) uint8."""
         return pil_to_uint8_chw(_squash(img, self.size))
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        q = batch.to(torch.int64) * self.bins // 256  # (n, 3, S, S) bin per channel
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        q = batch.astype(np.int64) * self.bins // 256  # (n, 3, S, S) bin per channel
         idx = ((q[:, 0] * self.bins + q[:, 1]) * self.bins + q[:, 2]).reshape(batch.shape[0], -1)
-        counts = torch.zeros(batch.shape[0], self.dim, dtype=torch.float32)
-        counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))
-        return (counts / idx.shape[1]).sqrt()
-
-
-register("pixels", Pixels)
-register("color_hist", ColorHist)
+        n = batch.shape[0]
+        flat = (idx + (np.arange(n, dtype=np.int64) * self.dim)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=n * self.dim).reshape(n, self.dim).astype(np.float32)
+        return np.sqrt(counts / np.float32(idx.shape[1]))

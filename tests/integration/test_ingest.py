@@ -145,3 +145,29 @@ def test_killed_ingest_resumes_to_the_same_final_state(tmp_path):
     assert _state(part) == _state(full)
     assert len(_state(full)) == N_KILL
     assert sha256_hex(image_bytes(3)) in _state(part)
+
+
+def test_a_failing_forward_stops_the_reader_and_writes_nothing_half(store, tmp_path):
+    """The embed stage raising ends ingest with that error, the reader thread stopped."""
+    import threading
+
+    from imgsim_lab.models.baselines import Pixels
+
+    class Broken(Pixels):
+        name, version = "pixels_broken", "broken-v1"
+
+        def _forward(self, batch):
+            raise RuntimeError("forward failed")
+
+    folder = make_folder(tmp_path / "imgs", 40)
+    items = folder_items(folder) * 20  # many more chunks than the reader may run ahead
+    with pytest.raises(RuntimeError, match="forward failed") as exc:
+        ingest(items, store, [Broken()], batch_size=4, progress=False)
+    deadline = time.time() + 5
+    while time.time() < deadline and any(t.name == "imgsim-ingest-reader" and t.is_alive()
+                                         for t in threading.enumerate()):
+        time.sleep(0.05)
+    alive = [t.name for t in threading.enumerate() if t.name == "imgsim-ingest-reader" and t.is_alive()]
+    assert alive == [], "the reader thread outlived the failed ingest"
+    assert store.count() == 0
+    del exc

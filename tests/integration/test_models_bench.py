@@ -17,7 +17,7 @@ from imgsim_lab.models import available_models
 ])
 def test_bench_embed_json(model, size, tmp_path, capsys):
     out = tmp_path / "r.json"
-    argv = ["bench", "embed", "--model", model, "--n", "32", "--batch-size", "16",
+    argv = ["bench", "embed", "--model", model, "--n", "32", "--batch-size", "16", "--rounds", "2",
             "--json", str(out)]
     if size:
         argv += ["--size", str(size)]
@@ -28,6 +28,13 @@ def test_bench_embed_json(model, size, tmp_path, capsys):
     assert r["ratio"] == pytest.approx(r["end_to_end_images_per_s"] / r["forward_images_per_s"],
                                        rel=0.02, abs=1e-3)
     assert r["min_cosine_forward_vs_end_to_end"] > 0.9999
+    if model == "pixels":  # no torch network to compare with
+        assert "torch_forward_images_per_s" not in r
+    else:  # the default backend and torch eager, same inputs, same run
+        assert r["model"]["backend"] == "onnxruntime" and r["torch_forward_images_per_s"] > 0
+        assert r["forward_speedup_vs_torch"] == pytest.approx(
+            r["forward_images_per_s"] / r["torch_forward_images_per_s"], rel=0.02)
+        assert r["min_cosine_vs_torch"] >= 0.9999
     assert json.loads(capsys.readouterr().out)["n"] == 32
 
 
@@ -42,7 +49,8 @@ def test_worker_processes_match_threads(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from imgsim_lab.models import ProcessEmbedder, embed_all, get_model
+    from imgsim_lab.models import get_model
+    from imgsim_lab.pipeline import ProcessEmbedder, embed_all
 
     paths = []
     for i in range(10):

@@ -1,26 +1,28 @@
-"""Registry, keys, baselines and the overlapping runner (no pretrained weights needed)."""
+"""Registry, keys, baselines, the pipeline's embed and prefetch stages (no pretrained weights)."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from imgsim_lab.models import (
     EmbeddingModel,
     ModelUnavailableError,
     available_models,
-    embed_all,
-    embed_stream,
     get_model,
     register,
 )
 from imgsim_lab.models.base import make_key
 from imgsim_lab.models.registry import clear_cache
+from imgsim_lab.pipeline import EmbedOptions, embed_all, embed_stream, prefetch
 
 
 def _img(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
@@ -67,7 +69,7 @@ def test_register_decorator_and_function():
         name, version, dim, default_size = "test_const", "c1", 4, 8
 
         def preprocess(self, img):
-            return torch.ones(4)
+            return np.ones(4, np.float32)
 
         def _forward(self, batch):
             return batch
@@ -98,7 +100,7 @@ def test_baseline_contract(name):
     v = m.embed_images(imgs, batch_size=3)
     assert v.dtype == np.float32 and v.shape == (len(imgs), m.dim)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1)[:-1], 1.0, rtol=1e-5)
-    again = m.embed_batch(torch.stack([m.preprocess(i) for i in imgs]))
+    again = m.embed_batch(np.stack([m.preprocess(i) for i in imgs]))
     np.testing.assert_array_equal(v, again)
     assert m.version and m.key == name
 
@@ -166,3 +168,75 @@ def test_torchvision_without_weights_says_how(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGSIM_WEIGHTS_RESNET50", str(tmp_path / "missing.pth"))
     with pytest.raises(ModelUnavailableError, match="not a file"):
         get_model("resnet50")
+
+
+def test_embed_options_object_and_keywords():
+    m = get_model("pixels")
+    items = [(i, _img(i)) for i in range(5)]
+    a = [len(b.keys) for b in embed_stream(m, items, EmbedOptions(batch_size=2, workers=1))]
+    b = [len(b.keys) for b in embed_stream(m, items, EmbedOptions(batch_size=4), batch_size=2)]
+    assert a == b == [2, 2, 1]
+    with pytest.raises(TypeError, match="bogus"):
+        list(embed_stream(m, items, bogus=1))
+    with pytest.raises(ValueError, match="on_error"):
+        EmbedOptions(on_error="ignore")
+
+
+def test_prefetch_runs_ahead_in_order_and_reraises():
+    produced = []
+
+    def gen():
+        for i in range(10):
+            produced.append(i)
+            yield i
+
+    p = prefetch(gen(), depth=2)
+    deadline = time.time() + 5
+    while len(produced) < 3 and time.time() < deadline:  # started before iteration
+        time.sleep(0.01)
+    assert 3 <= len(produced) <= 4  # depth items queued + one being handed over
+    assert list(p) == list(range(10))
+
+    def bad():
+        yield 1
+        raise RuntimeError("producer broke")
+
+    it = iter(prefetch(bad()))
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="producer broke"):
+        next(it)
+
+
+def test_prefetch_close_stops_the_producer():
+    stop = threading.Event()
+
+    def endless():
+        i = 0
+        while not stop.is_set():
+            yield i
+            i += 1
+
+    p = prefetch(endless(), depth=1)
+    it = iter(p)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    p.close()
+    assert not p._thread.is_alive()
+    stop.set()
+
+
+def test_models_and_pipeline_import_without_torch():
+    code = ("import sys; import imgsim_lab.models, imgsim_lab.pipeline, imgsim_lab.ingest; "
+            "from imgsim_lab.models import get_model, available_models; "
+            "from PIL import Image; available_models(offline_only=True); "
+            "get_model('color_hist').embed_images([Image.new('RGB', (32, 32))]); "
+            "bad = [m for m in ('torch', 'onnxruntime') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"TORCH_HOME": "/nonexistent",
+                                                                    "PATH": "/usr/bin:/bin",
+                                                                    **_pythonpath()})
+
+
+def _pythonpath() -> dict[str, str]:
+    import os
+
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
