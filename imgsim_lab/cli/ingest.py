@@ -9,7 +9,6 @@ from imgsim_lab.cli._common import (
     UsageError,
     add_backend_arg,
     add_limit_args,
-
     add_store_args,
     load_model,
     positive_int,
