@@ -286,14 +286,8 @@ class SearchSession:
 
     def _vectors(self, data: bytes, models: dict, only: Sequence[str] | None = None) -> dict:
         img, _ = decode(data, self.limits)
-        import torch
-
-        vecs = {}
-        with torch.inference_mode():
-            for key, m in models.items():
-                if only is None or key in only:
-                    vecs[key] = m.embed_batch(torch.stack([m.preprocess(img)]))[0]
-        return vecs
+        return {key: m.embed_images([img])[0] for key, m in models.items()
+                if only is None or key in only}
 
     def _add(self, name: str, data: bytes, sha: str) -> bool:
         """Embed with every model of the collection and store the upload; True if created.

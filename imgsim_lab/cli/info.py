@@ -40,25 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def other_namespaces(store, limit: int = 20) -> list[tuple[str, int]]:
-    """Namespaces of the same store holding images, ``(name, images)``, largest first.
-
-    Uses ``store.namespaces()`` when the backend offers it; otherwise one scan of the
-    keys for ``<ns>:count`` counters (only run when the chosen namespace is empty).
-    """
-    lister = getattr(store, "namespaces", None)
-    if lister is not None:
-        names = [n for n in lister() if n != store.namespace]
-    else:
-        names = sorted({k[: -len(":count")] for k in store.raw_scan("")
-                        if k.endswith(":count") and ":" not in k[: -len(":count")]} - {store.namespace})
-    counts = []
-    for ns, raw in zip(names, store.raw_get([f"{n}:count" for n in names]) if names else [], strict=True):
-        try:
-            n = int(raw or 0)
-        except ValueError:
-            continue
-        if n:
-            counts.append((ns, n))
+    """Other namespaces of the same store holding images, ``(name, images)``, largest first
+    (one scan of the keys: only run when the chosen namespace is empty)."""
+    counts = [(ns, n) for ns, n in store.namespaces().items() if n and ns != store.namespace]
     return sorted(counts, key=lambda t: (-t[1], t[0]))[:limit]
 
 

@@ -259,6 +259,13 @@ class Store(ABC):
         """``(sha256, raw value)`` of every hash claim the store lists, in chunks."""
 
     @abstractmethod
+    @abstractmethod
+    def namespaces(self) -> dict[str, int]:
+        """Every namespace of this database (``<ns>:seq`` exists) with its image count.
+
+        One full keyspace scan: a hint for people (``imgsim info``), never used to repair."""
+
+    @abstractmethod
     def scan_keys(self) -> Iterator[str]:
         """Every key of this namespace a full keyspace scan returns (no ``MATCH``: it can
         skip keys on Kvrocks clusters). Only for finding strays: absence here proves nothing."""

@@ -536,6 +536,10 @@ class RespStore(Store):
             yield list(zip(part, self._t.run([(self.keys.sha(h), pack(["GET", self.keys.sha(h)]))
                                               for h in part], raise_errors=False), strict=True))
 
+    def namespaces(self) -> dict[str, int]:
+        names = sorted({k[:-4] for k in self._t.scan_keys("") if k.endswith(":seq") and ":" not in k[:-4]})
+        return {ns: int(self._t.command("ZCARD", Keys(ns).ids)) for ns in names}
+
     def scan_keys(self) -> Iterator[str]:
         return self._t.scan_keys(self.keys.prefix)
 

@@ -28,7 +28,7 @@ from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
-from imgsim_lab.store.schema import AddResult, ModelInfo, Record, decode_into, decode_many, now
+from imgsim_lab.store.schema import AddResult, Keys, ModelInfo, Record, decode_into, decode_many, now
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +420,12 @@ class RocksStore(Store):
                 chunk = []
         if chunk:
             yield chunk
+
+    def namespaces(self) -> dict[str, int]:
+        self.refresh()
+        names = sorted({k[:-4].decode("utf-8", "replace") for k, _ in self._scan("")
+                        if k.endswith(b":seq") and b":" not in k[:-4]})
+        return {ns: self._int(Keys(ns).count) for ns in names}
 
     def scan_keys(self) -> Iterator[str]:
         self.refresh()

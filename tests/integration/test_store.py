@@ -143,6 +143,26 @@ def test_flush_removes_one_namespace_only(store_url):
     b.close()
 
 
+def test_namespaces_lists_each_namespace_with_its_image_count(store_url, namespace):
+    """The record path round-trips too: ``imgsim info`` and previews rely on both."""
+    a, b = f"{namespace}a", f"{namespace}b"
+    with open_store(store_url, a) as sa:
+        sa.register_model("m", 8, "v1")
+        items = images(4)[0]
+        items[0] = NewImage(items[0].sha256, "x.jpg", 32, 24, embeddings=items[0].embeddings,
+                            path="/photos/x.jpg")
+        ids = [r.id for r in sa.add_images(items)]
+        assert sa.get_records(ids[:2])[0].path == "/photos/x.jpg" and sa.get_records(ids[:2])[1].path is None
+    with open_store(store_url, b) as sb:
+        sb.register_model("m", 8, "v1")
+        sb.add_images(images(3, start=10)[0])
+        listed = sb.namespaces()
+        assert listed[a] == 4 and listed[b] == 3
+        sb.flush()
+    with open_store(store_url, a) as sa:
+        sa.flush()
+
+
 def test_threads_claiming_one_hash_create_one_record(store):
     store.register_model("m", 8, "v1")
     items, _ = images(20)
