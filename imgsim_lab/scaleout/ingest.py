@@ -206,6 +206,12 @@ def server_url(store: Store, kv_url: str | None) -> str | None:
     if store.backend == "rocksdb":
         return None
     url = kv_url or store.url
+    if "***" in url:  # redacted: the configured URL is the one, if it names this store
+        from imgsim_lab.config import kv_url as configured
+        from imgsim_lab.store import redact_url
+
+        env = configured(None)
+        url = env if redact_url(env) == store.url else url
     if "***" in url:
         raise ValueError(f"the store {store.url} needs credentials the workers must get: "
                          "pass the unredacted URL (kv_url=..., or --kv on the command line)")
