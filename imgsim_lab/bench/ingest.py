@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=512, help="images (CIFAR-10 JPEGs when the archive exists)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="decode threads of the pipeline")
+    parser.add_argument("--dask", metavar="ADDRESS", default=None,
+                        help="instead: Dask workers (local:N) against one process with 2 threads, "
+                             "ratio of images/s (imgsim_lab.scaleout.bench)")
+    parser.add_argument("--kv", metavar="URL", default=None,
+                        help="with --dask: a server store to write to (default: fresh embedded RocksDB)")
+    parser.add_argument("--scaling", action="store_true", help="with --dask local:N: also 1..N-1 workers")
 
 
 def run_ingest_bench(model_name: str, size: int | None, n: int, batch_size: int, workers: int) -> dict:
@@ -68,4 +74,9 @@ def run_ingest_bench(model_name: str, size: int | None, n: int, batch_size: int,
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.dask:
+        from imgsim_lab.scaleout.bench import run_dask_ingest_bench
+
+        return run_dask_ingest_bench(args.model, args.size, args.n, args.batch_size, args.dask,
+                                     kv=args.kv, scaling=args.scaling)
     return run_ingest_bench(args.model, args.size, args.n, args.batch_size, args.workers)
