@@ -7,6 +7,7 @@ ingest, ``check`` clean, a worker killed mid-run, two overlapping runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -229,3 +230,27 @@ def test_two_overlapping_ingests_store_one_record_per_sha(redis_url, tmp_path, p
         assert check_store(store).ok, check_store(store).problems
         ids, vecs = store.get_embeddings(pixels.key, store.all_ids().tolist())
         assert len(ids) == 120 and np.isfinite(vecs).all()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "imgsim_lab.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+def test_cli_ingest_dask_local_matches_serial_json_and_check_is_clean(redis_url, tmp_path) -> None:
+    folder = make_folder(tmp_path / "cli", 40, duplicates=3, bad=True)
+    ns_s, ns_d = f"clis{uuid.uuid4().hex[:6]}", f"clid{uuid.uuid4().hex[:6]}"
+    common = ["--model", "pixels", "--kv", redis_url, "--batch-size", "8", "--no-index"]
+    serial = _cli("ingest", str(folder), *common, "--namespace", ns_s, "--json", str(tmp_path / "s.json"))
+    assert serial.returncode == 0, serial.stderr
+    dist = _cli("ingest", str(folder), *common, "--namespace", ns_d, "--dask", "local:2",
+                "--partition-size", "8", "--json", str(tmp_path / "d.json"))
+    assert dist.returncode == 0, dist.stderr
+    s, d = (json.loads((tmp_path / f).read_text()) for f in ("s.json", "d.json"))
+    assert {k: d[k] for k in COUNTED} == {k: s[k] for k in COUNTED} and d["added"] == 40
+    check = _cli("check", "--kv", redis_url, "--namespace", ns_d)
+    assert check.returncode == 0, check.stdout + check.stderr
+    bad = _cli("ingest", str(folder), *common, "--dask", "local:zero")
+    assert bad.returncode == 2 and "expected local:N or tcp://HOST:PORT" in bad.stderr
