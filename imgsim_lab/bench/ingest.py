@@ -27,9 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask", metavar="ADDRESS", default=None,
                         help="instead: Dask workers (local:N) against one process with 2 threads, "
                              "ratio of images/s (imgsim_lab.scaleout.bench)")
-    parser.add_argument("--kv", metavar="URL", default=None,
+    parser.add_argument("--dask-kv", metavar="URL", default=None,
                         help="with --dask: a server store to write to (default: fresh embedded RocksDB)")
-    parser.add_argument("--scaling", action="store_true", help="with --dask local:N: also 1..N-1 workers")
+    parser.add_argument("--scaling", action="store_true", help="with --dask: also 1..N-1 of the workers")
+    parser.add_argument("--dask-rounds", type=int, default=1,
+                        help="with --dask: alternate serial and dask runs this many times (medians)")
 
 
 def run_ingest_bench(model_name: str, size: int | None, n: int, batch_size: int, workers: int) -> dict:
@@ -78,5 +80,6 @@ def run(args: argparse.Namespace) -> dict:
         from imgsim_lab.scaleout.bench import run_dask_ingest_bench
 
         return run_dask_ingest_bench(args.model, args.size, args.n, args.batch_size, args.dask,
-                                     kv=args.kv, scaling=args.scaling)
+                                     kv=args.dask_kv, scaling=args.scaling,
+                                     rounds=args.dask_rounds)
     return run_ingest_bench(args.model, args.size, args.n, args.batch_size, args.workers)

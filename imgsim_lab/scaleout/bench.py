@@ -75,25 +75,18 @@ def _serial(items, model_args, kv, tmp, batch_size: int, threads: int) -> dict[s
             "added": s.added}
 
 
-def _on_cluster(items, model_args, kv, tmp, batch_size: int, workers: int,
-                partition_size: int, address: str | None = None) -> dict[str, Any]:
+def _dask_run(client, workers: list[str], items, model_args, kv, tmp, batch_size: int,
+              partition_size: int, tag: str) -> dict[str, Any]:
     from imgsim_lab.models import get_model
-    from imgsim_lab.scaleout.cluster import dask_client, worker_count
     from imgsim_lab.scaleout.ingest import dask_ingest
 
-    target = address or f"local:{workers}"
-    t_up = time.perf_counter()
-    with dask_client(target) as client:
-        startup_s = time.perf_counter() - t_up
-        client.run(_warm, [model_args])  # every worker loads the model before the clock starts
-        model = get_model(model_args[0], size=model_args[1], **model_args[2])
-        with _fresh_store(kv, tmp, f"dask{workers}") as store:
-            s = dask_ingest(items, store, [model], client=client, kv_url=kv, batch_size=batch_size,
-                            partition_size=partition_size, progress=False)
-            _drop(store)
-        n = worker_count(client)
-    return {"workers": n, "threads": 1, "images_per_s": s.seen / s.seconds, "seconds": s.seconds,
-            "added": s.added, "cluster_startup_s": startup_s}
+    model = get_model(model_args[0], size=model_args[1], **model_args[2])
+    with _fresh_store(kv, tmp, tag) as store:
+        s = dask_ingest(items, store, [model], client=client, kv_url=kv, batch_size=batch_size,
+                        partition_size=partition_size, progress=False, workers=workers)
+        _drop(store)
+    return {"workers": len(workers), "threads": 1, "images_per_s": s.seen / s.seconds,
+            "seconds": s.seconds, "added": s.added}
 
 
 def _warm(build_args: list, dask_worker=None) -> int:  # noqa: ANN001 - run by client.run
@@ -105,39 +98,56 @@ def _warm(build_args: list, dask_worker=None) -> int:  # noqa: ANN001 - run by c
 
 def run_dask_ingest_bench(model_name: str, size: int | None, n: int, batch_size: int, dask: str,
                           kv: str | None = None, serial_threads: int = 2, scaling: bool = False,
-                          partition_size: int = 128) -> dict[str, Any]:
-    """Serial (one process, ``serial_threads``) against the Dask cluster ``dask``; see the module."""
-    from imgsim_lab.scaleout.cluster import parse_dask_address
+                          partition_size: int = 128, rounds: int = 1) -> dict[str, Any]:
+    """Serial (one process, ``serial_threads``) against the Dask cluster ``dask``; see the module.
 
-    target = parse_dask_address(dask)
+    The cluster starts once; each of ``rounds`` runs the serial ingest, then the cluster
+    with 1..N workers (``scaling``) or N, so a drifting machine load hits all alike; the
+    ratio is of the medians.
+    """
+    import statistics
+
+    from imgsim_lab.scaleout.cluster import dask_client
+
     model_args = (model_name, size, {})
     load0 = os.getloadavg()
+    serial_runs: list[dict] = []
+    dask_runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="imgsim-bench-dask-") as tmp:
         items, source = bench_items(n, Path(tmp) / "images")
         for it in items:  # warm the page cache: every run reads from memory
             it.read_bytes()
-        serial = _serial(items, model_args, kv, tmp, batch_size, serial_threads)
-        runs = []
-        if target.is_local:
-            counts = range(1, target.workers + 1) if scaling else [target.workers]
-            for w in counts:
-                runs.append(_on_cluster(items, model_args, kv, tmp, batch_size, w, partition_size))
-        else:
-            runs.append(_on_cluster(items, model_args, kv, tmp, batch_size, 0, partition_size,
-                                    target.address))
-    best = runs[-1]
+        t_up = time.perf_counter()
+        with dask_client(dask) as client:
+            client.wait_for_workers(1)
+            startup_s = time.perf_counter() - t_up
+            addrs = sorted(client.scheduler_info()["workers"])
+            client.run(_warm, [model_args])  # every worker loads the model before the clock starts
+            counts = range(1, len(addrs) + 1) if scaling else [len(addrs)]
+            for r in range(max(1, rounds)):
+                one = _serial(items, model_args, kv, tmp, batch_size, serial_threads)
+                serial_runs.append(one | {"round": r})
+                for w in counts:
+                    dask_runs.append(_dask_run(client, addrs[:w], items, model_args, kv, tmp, batch_size,
+                                               partition_size, f"dask{w}-{r}") | {"round": r})
+    serial = statistics.median(x["images_per_s"] for x in serial_runs)
+    by_workers = {w: statistics.median(x["images_per_s"] for x in dask_runs if x["workers"] == w)
+                  for w in sorted({x["workers"] for x in dask_runs})}
+    top = max(by_workers)
     result = {
         "benchmark": "ingest-dask", "model": model_name, "size": size, "n": len(items), "images": source,
-        "batch_size": batch_size, "partition_size": partition_size, "dask": dask,
+        "batch_size": batch_size, "partition_size": partition_size, "dask": dask, "rounds": rounds,
         "store": "rocksdb (workers embed, client writes)" if not kv else "server (workers write)",
-        "serial": serial, "dask_runs": runs,
-        "serial_images_per_s": serial["images_per_s"], "dask_images_per_s": best["images_per_s"],
-        "ratio": best["images_per_s"] / serial["images_per_s"],
-        "scaling": {str(r["workers"]): r["images_per_s"] / serial["images_per_s"] for r in runs},
+        "serial_threads": serial_threads, "cluster_startup_s": startup_s,
+        "serial_runs": serial_runs, "dask_runs": dask_runs,
+        "serial_images_per_s": serial, "dask_images_per_s": by_workers[top], "dask_workers": top,
+        "ratio": by_workers[top] / serial,
+        "scaling": {str(w): v / serial for w, v in by_workers.items()},
+        "images_per_s_by_workers": {str(w): v for w, v in by_workers.items()},
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    log.info("dask ingest bench: serial %.1f img/s, dask %.1f img/s (ratio %.2f)",
-             serial["images_per_s"], best["images_per_s"], result["ratio"])
+    log.info("dask ingest bench: serial %.1f img/s, dask %.1f img/s on %d workers (ratio %.2f)",
+             serial, by_workers[top], top, result["ratio"])
     return result

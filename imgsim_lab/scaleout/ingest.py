@@ -222,12 +222,14 @@ def dask_ingest(items: Sequence[ImageItem], store: Store, models: Sequence[Embed
                 client: Any, kv_url: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                 limits: Limits | None = None, partition_size: int = DEFAULT_PARTITION_SIZE,
                 hash_partition_size: int = DEFAULT_HASH_PARTITION_SIZE,
-                wave_size: int = DEFAULT_WAVE_SIZE, progress: bool = True) -> IngestSummary:
+                wave_size: int = DEFAULT_WAVE_SIZE, progress: bool = True,
+                workers: Sequence[str] | None = None) -> IngestSummary:
     """Ingest ``items`` into ``store`` on the Dask ``client``'s workers; see the module docstring.
 
     ``kv_url`` is the store's unredacted URL when it carries a password (``store.url``
-    is redacted). Returns the same :class:`IngestSummary` a serial
-    :func:`imgsim_lab.ingest.ingest` of the same input would.
+    is redacted). ``workers`` restricts the tasks to these worker addresses. Returns the
+    same :class:`IngestSummary` a serial :func:`imgsim_lab.ingest.ingest` of the same input
+    would.
     """
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -238,7 +240,7 @@ def dask_ingest(items: Sequence[ImageItem], store: Store, models: Sequence[Embed
     limits = limits or Limits()
     url = server_url(store, kv_url)
     build = [_build_args(m) for m in models]
-    for key, dim, version in client.submit(model_specs, build, pure=False).result():
+    for key, dim, version in client.submit(model_specs, build, pure=False, workers=workers).result():
         store.register_model(key, dim, version)
     keys = [m.key for m in models]
     summary = IngestSummary(models=keys, store=store.url, namespace=store.namespace)
@@ -252,7 +254,8 @@ def dask_ingest(items: Sequence[ImageItem], store: Store, models: Sequence[Embed
         for w0 in range(0, len(items), max(1, wave_size)):
             wave = items[w0:w0 + wave_size]
             hparts = split(wave, hash_partition_size)
-            futs = client.map(hash_partition, hparts, max_bytes=limits.max_bytes, pure=False)
+            futs = client.map(hash_partition, hparts, max_bytes=limits.max_bytes, pure=False,
+                              workers=workers)
             shas = [sha for part in client.gather(futs) for sha in part]
             plan = plan_wave(shas, _lookup(store, (s for s in shas if s), keys), seen)
             summary.duplicates += plan.duplicates
@@ -262,7 +265,7 @@ def dask_ingest(items: Sequence[ImageItem], store: Store, models: Sequence[Embed
             futures = {}
             for idx in parts:
                 fut = client.submit(ingest_partition, [wave[i] for i in idx], build, url, store.namespace,
-                                    batch_size, limits, pure=False)
+                                    batch_size, limits, pure=False, workers=workers)
                 futures[fut] = idx
             for fut in as_completed(list(futures), loop=client.loop):
                 idx = futures.pop(fut)
