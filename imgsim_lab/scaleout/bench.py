@@ -59,7 +59,7 @@ def _drop(store) -> None:
         store.flush()
 
 
-def _serial(items, model_args, kv, tmp, batch_size: int, threads: int) -> dict[str, Any]:
+def _serial(items, model_args, kv, tmp, batch_size: int, threads: int, tag: str) -> dict[str, Any]:
     import torch
 
     from imgsim_lab.ingest import ingest
@@ -68,7 +68,7 @@ def _serial(items, model_args, kv, tmp, batch_size: int, threads: int) -> dict[s
     torch.set_num_threads(threads)
     model = get_model(model_args[0], size=model_args[1], **model_args[2])
     torch.set_num_threads(threads)
-    with _fresh_store(kv, tmp, "serial") as store:
+    with _fresh_store(kv, tmp, tag) as store:
         s = ingest(items, store, [model], batch_size=batch_size, progress=False)
         _drop(store)
     return {"workers": 0, "threads": threads, "images_per_s": s.seen / s.seconds, "seconds": s.seconds,
@@ -125,7 +125,7 @@ def run_dask_ingest_bench(model_name: str, size: int | None, n: int, batch_size:
             client.run(_warm, [model_args])  # every worker loads the model before the clock starts
             counts = range(1, len(addrs) + 1) if scaling else [len(addrs)]
             for r in range(max(1, rounds)):
-                one = _serial(items, model_args, kv, tmp, batch_size, serial_threads)
+                one = _serial(items, model_args, kv, tmp, batch_size, serial_threads, f"serial-{r}")
                 serial_runs.append(one | {"round": r})
                 for w in counts:
                     dask_runs.append(_dask_run(client, addrs[:w], items, model_args, kv, tmp, batch_size,

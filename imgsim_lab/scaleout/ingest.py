@@ -246,7 +246,7 @@ def dask_ingest(items: Sequence[ImageItem], store: Store, models: Sequence[Embed
     summary = IngestSummary(models=keys, store=store.url, namespace=store.namespace)
     mode = "workers write" if url else "workers embed, client writes"
     log.info("dask ingest of %d items on %d workers (%s) into %s", len(items),
-             len(client.scheduler_info().get("workers", {})), mode, store.url)
+             len(workers) if workers else len(client.scheduler_info().get("workers", {})), mode, store.url)
     t0 = time.perf_counter()
     bar = tqdm(total=len(items), desc=f"ingest {'+'.join(keys)} (dask)", unit="img", disable=not progress)
     seen: set[str] = set()
