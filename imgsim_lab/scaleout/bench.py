@@ -68,11 +68,13 @@ def _serial(items, model_args, kv, tmp, batch_size: int, threads: int, tag: str)
     torch.set_num_threads(threads)
     model = get_model(model_args[0], size=model_args[1], **model_args[2])
     torch.set_num_threads(threads)
+    cpu0 = time.process_time()
     with _fresh_store(kv, tmp, tag) as store:
         s = ingest(items, store, [model], batch_size=batch_size, progress=False)
+        cpu = time.process_time() - cpu0
         _drop(store)
     return {"workers": 0, "threads": threads, "images_per_s": s.seen / s.seconds, "seconds": s.seconds,
-            "added": s.added}
+            "added": s.added, "cpu_s": cpu, "images_per_cpu_s": s.seen / cpu if cpu else None}
 
 
 def _dask_run(client, workers: list[str], items, model_args, kv, tmp, batch_size: int,
@@ -81,12 +83,24 @@ def _dask_run(client, workers: list[str], items, model_args, kv, tmp, batch_size
     from imgsim_lab.scaleout.ingest import dask_ingest
 
     model = get_model(model_args[0], size=model_args[1], **model_args[2])
+    cpu0 = _cluster_cpu(client, workers) + time.process_time()
     with _fresh_store(kv, tmp, tag) as store:
         s = dask_ingest(items, store, [model], client=client, kv_url=kv, batch_size=batch_size,
                         partition_size=partition_size, progress=False, workers=workers)
+        cpu = _cluster_cpu(client, workers) + time.process_time() - cpu0
         _drop(store)
     return {"workers": len(workers), "threads": 1, "images_per_s": s.seen / s.seconds,
-            "seconds": s.seconds, "added": s.added}
+            "seconds": s.seconds, "added": s.added, "cpu_s": cpu,
+            "images_per_cpu_s": s.seen / cpu if cpu else None}
+
+
+def _cpu_seconds() -> float:
+    return time.process_time()
+
+
+def _cluster_cpu(client, workers: list[str]) -> float:  # noqa: ANN001
+    """CPU seconds the worker processes have used (user + system), summed."""
+    return float(sum(client.run(_cpu_seconds, workers=list(workers)).values()))
 
 
 def _warm(build_args: list, dask_worker=None) -> int:  # noqa: ANN001 - run by client.run
@@ -144,6 +158,9 @@ def run_dask_ingest_bench(model_name: str, size: int | None, n: int, batch_size:
         "ratio": by_workers[top] / serial,
         "scaling": {str(w): v / serial for w, v in by_workers.items()},
         "images_per_s_by_workers": {str(w): v for w, v in by_workers.items()},
+        "images_per_cpu_s": {"serial": statistics.median(x["images_per_cpu_s"] for x in serial_runs),
+                             **{str(w): statistics.median(x["images_per_cpu_s"] for x in dask_runs
+                                                          if x["workers"] == w) for w in by_workers}},
         "loadavg_before": [round(x, 2) for x in load0],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
