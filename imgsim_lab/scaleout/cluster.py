@@ -71,7 +71,7 @@ def _start_local(workers: int, **cluster_kwargs: Any):
     from distributed import LocalCluster
 
     kwargs: dict[str, Any] = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                              "dashboard_address": None, "silence_logs": logging.WARNING}
+                              "dashboard_address": ":0", "silence_logs": logging.WARNING}
     kwargs.update(cluster_kwargs)
     return LocalCluster(**kwargs)
 

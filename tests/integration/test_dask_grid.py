@@ -24,7 +24,7 @@ TIMING_COLUMNS = {"p50_ms", "p95_ms", "seconds", "ingest_images_per_s", "query_e
 @pytest.fixture(scope="module")
 def dask_client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster, set_as_default=False)
     register_plugin(client)
     yield client

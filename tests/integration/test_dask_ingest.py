@@ -81,7 +81,7 @@ def kvrocks_url(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def dask_client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster, set_as_default=False)
     register_plugin(client)
     yield client
