@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=512, help="images (CIFAR-10 JPEGs when the archive exists)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="decode threads of the pipeline")
-    parser.add_argument("--dask", metavar="ADDRESS", default=None,
+    from imgsim_lab.scaleout.cluster import dask_address_arg
+
+    parser.add_argument("--dask", metavar="ADDRESS", default=None, type=dask_address_arg,
                         help="instead: Dask workers (local:N) against one process with 2 threads, "
                              "ratio of images/s (imgsim_lab.scaleout.bench)")
     parser.add_argument("--dask-kv", metavar="URL", default=None,
