@@ -1,7 +1,8 @@
 """Ingest on a real ``distributed.LocalCluster`` (2 worker processes x 1 thread).
 
-Against redis-server (the session fixture), Apache Kvrocks (started here) and an embedded
-RocksDB (workers embed, the client writes): the same records and summary as a serial
+Against redis-server (the session fixture), Apache Kvrocks (started here), the Redis
+Cluster fixture (marker ``cluster``) and an embedded RocksDB (workers embed, the client
+writes): the same records and summary as a serial
 ingest, ``check`` clean, a worker killed mid-run, two overlapping runs.
 """
 
@@ -123,11 +124,13 @@ def serial_reference(url: str, items, pixels) -> tuple[dict, dict]:
         return counted(s), contents(store, pixels.key)
 
 
-@pytest.mark.parametrize("backend", ["redis", "kvrocks", "rocksdb"])
+@pytest.mark.parametrize("backend", ["redis", "kvrocks", "rocksdb",
+                                     pytest.param("cluster", marks=pytest.mark.cluster)])
 def test_dask_ingest_equals_serial_and_check_is_clean(backend, request, tmp_path, items, pixels,
                                                        dask_client) -> None:
     url = {"redis": lambda: request.getfixturevalue("redis_url"),
            "kvrocks": lambda: request.getfixturevalue("kvrocks_url"),
+           "cluster": lambda: request.getfixturevalue("cluster_url"),
            "rocksdb": lambda: f"rocksdb:{tmp_path / 'kv'}"}[backend]()
     ref_summary, ref_contents = serial_reference(
         f"rocksdb:{tmp_path / 'serial'}" if backend == "rocksdb" else url, items, pixels)
