@@ -70,6 +70,7 @@ seed = 0                     # seed of the subset
 batch_size = 64
 output_dir = None            # metrics.json goes here (None: <repo>/experiments/runs/ingest)
 progress = True
+dask = None                  # embed on a Dask cluster: "local:2" or "tcp://HOST:8786" (None: this kernel)
 """),
     ("code", """
 from IPython.display import Markdown, display
@@ -126,6 +127,7 @@ batch_size = 64
 latency_queries = 200        # single-query searches timed for p50/p95
 example_queries = 5          # queries shown side by side for every model
 progress = True
+dask = None                  # ingest on a Dask cluster: "local:2" or "tcp://HOST:8786" (None: this kernel)
 """),
     ("code", """
 from IPython.display import Image, Markdown, display

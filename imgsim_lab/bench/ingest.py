@@ -24,6 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=512, help="images (CIFAR-10 JPEGs when the archive exists)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="decode threads of the pipeline")
+    from imgsim_lab.scaleout.cluster import dask_address_arg
+
+    parser.add_argument("--dask", metavar="ADDRESS", default=None, type=dask_address_arg,
+                        help="instead: Dask workers (local:N) against one process with 2 threads, "
+                             "ratio of images/s (imgsim_lab.scaleout.bench)")
+    parser.add_argument("--dask-kv", metavar="URL", default=None,
+                        help="with --dask: a server store to write to (default: fresh embedded RocksDB)")
+    parser.add_argument("--scaling", action="store_true", help="with --dask: also 1..N-1 of the workers")
+    parser.add_argument("--dask-rounds", type=int, default=1,
+                        help="with --dask: alternate serial and dask runs this many times (medians)")
     parser.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
                         help="CNN backend (default onnxruntime)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -83,5 +93,11 @@ def run_ingest_bench(model_name: str, size: int | None, n: int, batch_size: int,
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.dask:
+        from imgsim_lab.scaleout.bench import run_dask_ingest_bench
+
+        return run_dask_ingest_bench(args.model, args.size, args.n, args.batch_size, args.dask,
+                                     kv=args.dask_kv, scaling=args.scaling,
+                                     rounds=args.dask_rounds)
     return run_ingest_bench(args.model, args.size, args.n, args.batch_size, args.workers,
                             backend=args.backend, rounds=args.rounds)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from imgsim_lab.scaleout.cluster import dask_address_arg
+
 NAME = "experiments"
 HELP = "run an experiment grid (experiments/NAME.yaml) with papermill, or list its cells"
 log = logging.getLogger(__name__)
@@ -23,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default=None, help="where runs go (default experiments/runs)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="per notebook cell execution timeout in seconds (default none)")
+    parser.add_argument("--dask", metavar="ADDRESS", default=None, type=dask_address_arg,
+                        help="run cells in parallel on a Dask cluster: local:N or tcp://HOST:8786 "
+                             "(see docs/scale-out.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +45,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "summary":
         print(write_summary(exp, (runs_dir / exp.name).resolve()))
         return 0
-    report = run_experiment(exp, runs_dir, force=args.force, only=args.only, timeout=args.timeout)
+    if args.dask:
+        from imgsim_lab.scaleout.cluster import dask_client
+        from imgsim_lab.scaleout.grid import run_experiment_dask
+
+        with dask_client(args.dask) as client:
+            report = run_experiment_dask(exp, client, runs_dir, force=args.force, only=args.only,
+                                         timeout=args.timeout)
+    else:
+        report = run_experiment(exp, runs_dir, force=args.force, only=args.only, timeout=args.timeout)
     print(report.summary_md)
     for o in report.outcomes:
         print(f"{o.status:8s} {o.name} {o.seconds:.0f}s {o.error}")

@@ -14,6 +14,7 @@ from imgsim_lab.cli._common import (
     positive_int,
 )
 from imgsim_lab.jsonio import dumps, write_json
+from imgsim_lab.scaleout.cluster import dask_address_arg
 from imgsim_lab.store import open_store
 
 NAME = "ingest"
@@ -40,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-index", action="store_true", help="do not update the search index")
     parser.add_argument("--json", dest="json_out", metavar="OUT", default=None,
                         help="also write the full summary as JSON to OUT ('-': print only the JSON)")
+    parser.add_argument("--dask", metavar="ADDRESS", default=None, type=dask_address_arg,
+                        help="embed on a Dask cluster: local:N (N single-thread worker processes) "
+                             "or tcp://HOST:8786 (see docs/scale-out.md)")
+    parser.add_argument("--partition-size", type=int, default=256,
+                        help="images per Dask task with --dask (default 256)")
 
 
 def load_items(args: argparse.Namespace) -> list:
@@ -79,7 +85,17 @@ def run(args: argparse.Namespace) -> int:
     items = load_items(args)
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     with open_store(args.kv, args.namespace) as store:
-        summary = ingest(items, store, models, batch_size=args.batch_size, limits=limits)
+        if args.dask:
+            from imgsim_lab.config import kv_url
+            from imgsim_lab.scaleout.cluster import dask_client
+            from imgsim_lab.scaleout.ingest import dask_ingest
+
+            with dask_client(args.dask) as client:
+                summary = dask_ingest(items, store, models, client=client, kv_url=kv_url(args.kv),
+                                      batch_size=args.batch_size, limits=limits,
+                                      partition_size=args.partition_size)
+        else:
+            summary = ingest(items, store, models, batch_size=args.batch_size, limits=limits)
         result = summary.to_dict()
         if not args.no_index:
             from imgsim_lab.index import SimilarityIndex

@@ -60,6 +60,7 @@ class BenchmarkParams:
     latency_queries: int = 200          # single-query searches timed for p50/p95
     example_queries: int = 5            # queries drawn in the side-by-side example grid
     progress: bool = True
+    dask: str | None = None             # Dask cluster to ingest on: local:N | tcp://host:8786
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BenchmarkParams:
@@ -270,12 +271,13 @@ def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
     Returns the metrics dict (also written to ``<output_dir>/metrics.json``), with the PNG
     paths under ``"plots"``.
     """
-    from imgsim_lab.ingest import ingest
     from imgsim_lab.models import get_model
+    from imgsim_lab.scaleout.ingest import ingest_function
     from imgsim_lab.store import open_store
 
     p = params if isinstance(params, BenchmarkParams) else BenchmarkParams.from_dict(params)
     p.dataset = resolve_dataset(p.dataset)
+    ingest = ingest_function(p.dask)
     t_start = time.perf_counter()
     out = resolve_output_dir(p.output_dir)
     data_dir = resolve_data_dir(p.data_dir)

@@ -37,6 +37,7 @@ class IngestParams:
     batch_size: int = 64
     output_dir: str | None = None       # metrics.json (None: <repo>/experiments/runs/ingest)
     progress: bool = True
+    dask: str | None = None             # Dask cluster to embed on: local:N | tcp://host:8786
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> IngestParams:
@@ -47,11 +48,12 @@ def run_ingest(params: IngestParams | dict[str, Any]) -> dict[str, Any]:
     """Ingest the subset with every model, sync each model's index; write ``metrics.json``."""
     from imgsim_lab import config
     from imgsim_lab.index import IndexConfig, SimilarityIndex
-    from imgsim_lab.ingest import ingest
     from imgsim_lab.models import get_model
+    from imgsim_lab.scaleout.ingest import ingest_function
     from imgsim_lab.store import open_store
 
     p = params if isinstance(params, IngestParams) else IngestParams.from_dict(params)
+    ingest = ingest_function(p.dask)
     t0 = time.perf_counter()
     p.dataset = resolve_dataset(p.dataset)
     data_dir = resolve_data_dir(p.data_dir)
