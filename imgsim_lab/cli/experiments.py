@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.dask:
         from imgsim_lab.scaleout.cluster import dask_client
-        from imgsim_lab.scaleout.grid import run_experiment_dask
+        from imgsim_lab.experiments.dask_grid import run_experiment_dask
 
         with dask_client(args.dask) as client:
             report = run_experiment_dask(exp, client, runs_dir, force=args.force, only=args.only,

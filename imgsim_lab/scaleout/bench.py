@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 def bench_items(n: int, folder: Path) -> tuple[list, str]:
     """``n`` CIFAR-10 train JPEGs when they are set up, else ``n`` generated 32 px PNGs."""
-    from imgsim_lab.datasets import ImageItem, cifar10_items, is_complete, repo_root
+    from imgsim_lab.config import data_dir
+    from imgsim_lab.datasets import ImageItem, cifar10_items, is_complete
 
-    root = repo_root() / "data" / "cifar10"
+    root = data_dir() / "cifar10"
     if is_complete(root):
         return cifar10_items("train", root=root, limit=n, seed=0), "cifar10-train"
     import numpy as np

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from imgsim_lab.datasets import repo_root
+from imgsim_lab.config import project_root as repo_root
 from imgsim_lab.experiments.grid import CELL_FILE, METRICS, Cell, Experiment, is_done
 from imgsim_lab.experiments.runner import (
     ERROR_FILE,
