@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         print(write_summary(exp, (runs_dir / exp.name).resolve()))
         return 0
     if args.dask:
-        from imgsim_lab.scaleout.cluster import dask_client
         from imgsim_lab.experiments.dask_grid import run_experiment_dask
+        from imgsim_lab.scaleout.cluster import dask_client
 
         with dask_client(args.dask) as client:
             report = run_experiment_dask(exp, client, runs_dir, force=args.force, only=args.only,

@@ -11,10 +11,10 @@ from imagegen import CLASSES, image_bytes, make_folder
 distributed = pytest.importorskip("distributed")
 
 from imgsim_lab.experiments.benchmark import run_benchmark  # noqa: E402
+from imgsim_lab.experiments.dask_grid import run_experiment_dask  # noqa: E402
 from imgsim_lab.experiments.grid import parse_experiment  # noqa: E402
 from imgsim_lab.experiments.runner import run_experiment  # noqa: E402
 from imgsim_lab.scaleout.cluster import close_shared_clients, register_plugin  # noqa: E402
-from imgsim_lab.experiments.dask_grid import run_experiment_dask  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.notebooks]
 REPO = Path(__file__).resolve().parents[2]
