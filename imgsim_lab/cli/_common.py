@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
-
-from imgsim_lab.jsonio import dumps
-from imgsim_lab.jsonio import write_json as _write_file
 
 
 class UsageError(Exception):
@@ -33,13 +29,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
-
-def write_json(obj: Any, path: str | None) -> str:
-    """The JSON text of ``obj``, also written to ``path`` when given (see :mod:`imgsim_lab.jsonio`).
-
-    Kept for ``cli/check.py``; new code calls :func:`imgsim_lab.jsonio.write_json` directly.
-    """
-    return _write_file(path, obj) if path else dumps(obj)
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -93,12 +82,10 @@ def require_stored_model(store, key: str, kv: str | None) -> None:
                      f"{where}{ns}")
 
 
-def read_only_default(url: str | None) -> bool:
-    """Open an existing embedded store as a reader, so it works while another process writes."""
-    from pathlib import Path
-
+def is_embedded(url: str | None) -> bool:
+    """Whether ``url`` (or the default) names an embedded RocksDB store: read-only commands
+    open those as a secondary, so they work while another process writes."""
     from imgsim_lab import config
     from imgsim_lab.store import parse_url
 
-    scheme, target = parse_url(config.kv_url(url))
-    return scheme == "rocksdb" and (Path(target) / "CURRENT").exists()
+    return parse_url(config.kv_url(url))[0] == "rocksdb"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from imgsim_lab.cli._common import add_store_args, write_json
+from imgsim_lab.cli._common import add_store_args, is_embedded
+from imgsim_lab.jsonio import dumps
 from imgsim_lab.store import open_store
 
 NAME = "info"
@@ -17,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_store(args.kv, args.namespace, read_only=_read_only(args.kv), must_exist=True) as store:
+    with open_store(args.kv, args.namespace, read_only=is_embedded(args.kv), must_exist=True) as store:
         info = store.info()
         others = other_namespaces(store) if not info["images"] else []
     if others:
         info["other_namespaces"] = dict(others)
     if args.json:
-        print(write_json(info, None))
+        print(dumps(info))
         return 0
     kind = info['backend'] + (f", {info['server']}" if 'server' in info else '')
     print(f"store      {info['url']} ({kind}), namespace {info['namespace']}")
@@ -44,12 +45,3 @@ def other_namespaces(store, limit: int = 20) -> list[tuple[str, int]]:
     (one scan of the keys: only run when the chosen namespace is empty)."""
     counts = [(ns, n) for ns, n in store.namespaces().items() if n and ns != store.namespace]
     return sorted(counts, key=lambda t: (-t[1], t[0]))[:limit]
-
-
-def _read_only(url: str | None) -> bool:
-    """Embedded stores are read as a secondary, so ``info`` works while another process writes
-    (and a missing one is ``no store at …``, never created)."""
-    from imgsim_lab import config
-    from imgsim_lab.store import parse_url
-
-    return parse_url(config.kv_url(url))[0] == "rocksdb"

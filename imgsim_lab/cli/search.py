@@ -9,9 +9,9 @@ from imgsim_lab.cli._common import (
     UsageError,
     add_backend_arg,
     add_store_args,
+    is_embedded,
     load_model,
     positive_int,
-    read_only_default,
     require_stored_model,
 )
 from imgsim_lab.jsonio import dumps
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from imgsim_lab.search import Searcher
 
     data = read_query(args.image)
-    with open_store(args.kv, args.namespace, read_only=read_only_default(args.kv)) as store:
+    with open_store(args.kv, args.namespace, read_only=is_embedded(args.kv),
+                    must_exist=True) as store:
         from imgsim_lab.models import available_models
 
         known = available_models()

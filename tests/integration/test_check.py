@@ -161,7 +161,7 @@ def test_cli_ingest_search_check_repair_flush_on_every_backend(store_url, namesp
         return subprocess.run([sys.executable, "-m", "imgsim_lab.cli", *args, "--kv", store_url], env=env,
                               capture_output=True, text=True, timeout=300)
 
-    out = cli("ingest", str(folder), "--model", "pixels", "--no-index")
+    out = cli("ingest", str(folder), "--model", "pixels", "--no-index", "--json", "-")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["added"] == 16
     res = cli("search", str(folder / "green" / "img0004.png"), "--model", "pixels", "--k", "3", "--json")
