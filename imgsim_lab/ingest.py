@@ -222,7 +222,11 @@ def _embed_and_write(entries: list[_Entry], store: Store, models: Sequence[Embed
     vectors = {m.key: m.embed_batch(torch.stack([e.inputs[m.key] for e in entries])) for m in models}
     new = [NewImage(e.sha256, e.item.source, e.width, e.height, e.item.label,
                     {k: v[i] for k, v in vectors.items()}) for i, e in enumerate(entries)]
-    for e, res in zip(entries, store.add_images(new), strict=True):
+    results = store.add_images(new)
+    from imgsim_lab.adapters import derive_new  # derived models (BASE+NAME) of the new images
+
+    derive_new(store, [r.id for r in results])
+    for e, res in zip(entries, results, strict=True):
         e.inputs.clear()
         if res.created:
             summary.added += 1

@@ -60,7 +60,10 @@ def register(name: str, factory: Factory | None = None, *,
 
 def _ensure_builtins() -> None:
     # Importing the modules registers the built-in models.
+    from imgsim_lab.adapters.model import register_flip_models  # <name>_flip wrappers (issue 18)
     from imgsim_lab.models import baselines, efficientnet_lite, torchvision_models  # noqa: F401
+
+    register_flip_models()
 
 
 def spec(name: str) -> ModelSpec:
