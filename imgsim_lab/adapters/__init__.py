@@ -116,7 +116,7 @@ def _trained_on(store: Store, used: str, labels: Sequence[str], shas: Sequence[s
 
 def train_adapter(store: Store, name: str, base: str, config=None, *, train_on: str = "auto",
                   out_dir: str | Path | None = None, replace: bool = False,
-                  progress: bool = True) -> DerivedSpec:
+                  progress: bool = True, recipe: dict | None = None) -> DerivedSpec:
     """Train an adapter head on ``base``'s stored vectors and labels; store it as ``base+name``.
 
     Writes its vectors for every record that has a ``base`` vector. With ``out_dir``, also
@@ -135,7 +135,7 @@ def train_adapter(store: Store, name: str, base: str, config=None, *, train_on: 
     log.info("training %s on %d records (%d labels, split %s)", key, len(ids), len(classes), used)
     res = train_head(x, y, cfg, progress=progress)
     spec = DerivedSpec(key=key, kind="adapter", bases=refs, dim=cfg.dim,
-                       options={"train": config_dict(cfg)},
+                       options={"train": config_dict(cfg), **({"recipe": recipe} if recipe else {})},
                        trained_on=_trained_on(store, used, labels, shas),
                        metrics={**res.summary(), "history": res.history})
     spec = _save(store, spec, res.tensors, shas, replace, progress)
@@ -148,7 +148,7 @@ def fit_transform(store: Store, name: str, kind: str, bases: Sequence[str], *,
                   dim: int | None = None, shrinkage: float = 0.0,
                   weights: Sequence[float] | None = None, train_on: str = "auto",
                   out_dir: str | Path | None = None, replace: bool = False,
-                  progress: bool = True) -> DerivedSpec:
+                  progress: bool = True, recipe: dict | None = None) -> DerivedSpec:
     """Fit a training-free transform (``center``, ``whiten``, ``concat``) on the database side."""
     from imgsim_lab.adapters.registry import base_refs
 
@@ -161,7 +161,7 @@ def fit_transform(store: Store, name: str, kind: str, bases: Sequence[str], *,
     key = derived_key(bases[0], name)
     refs = base_refs(store, bases)
     t0 = time.perf_counter()
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"recipe": recipe} if recipe else {}
     shas: list[str] = []
     labels: list[str] = []
     used = "none"

@@ -267,3 +267,42 @@ def test_ingest_search_and_cli_with_derived_pixels_model(tmp_path, namespace, ca
     capsys.readouterr()
     assert main(["info", "--json", *kv]) == 0
     assert set(json.loads(capsys.readouterr().out)["models"]) == {"pixels"}
+
+
+def _image_folder(root: Path, train: range, test: range) -> Path:
+    colours = ("red", "green", "blue")
+    for split, ids in (("train", train), ("test", test)):
+        for i in ids:
+            d = root / split / colours[i % 3]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{i:03d}.png").write_bytes(image_bytes(i))
+    return root
+
+
+def test_benchmark_evaluates_derived_models_and_refuses_seen_queries(tmp_path):
+    from imgsim_lab.experiments import run_benchmark
+    from imgsim_lab.experiments.grid import summary_rows
+
+    root = _image_folder(tmp_path / "imgs", range(0, 60), range(60, 75))
+    recipes = {"pixels+c": {"kind": "center"},
+               "pixels+c+lin": {"kind": "adapter", "head": "linear", "dim": 8, "epochs": 3, "batch_size": 16}}
+    params = {"dataset": str(root), "db_size": None, "query_size": None, "progress": False,
+              "models": ["pixels", "pixels+c+lin"], "derived": recipes, "full_map": True,
+              "output_dir": str(tmp_path / "run"), "kv_url": f"rocksdb:{tmp_path / 'kv'}",
+              "latency_queries": 5, "example_queries": 2}
+    res = run_benchmark(params)
+    m = res["models"]["pixels+c+lin"]
+    assert m["key"] == "pixels+c+lin" and m["db_count"] == 60 and m["query_count"] == 15
+    assert m["derived"]["trained_on"]["split"] == "train" and m["derived"]["trained_on"]["records"] == 60
+    assert m["derived"]["queries_checked_unseen"] and m["derived"]["train_seconds"] > 0
+    assert 0 < m["quality"]["mAP@all"] <= 1 and "mAP@all" in res["models"]["pixels"]["quality"]
+    row = [r for r in summary_rows([("c", "done", res, "")]) if r["key"] == "pixels+c+lin"][0]
+    assert row["train_seconds"] == m["derived"]["train_seconds"]
+    # a rerun reuses the stored derived models (same recipe, same version)
+    again = run_benchmark(params)
+    assert again["models"]["pixels+c+lin"]["version"] == m["version"]
+    # queries that the adapter was trained on are refused
+    leak = _image_folder(tmp_path / "leak", range(0, 60), range(0, 15))
+    with pytest.raises(adapters.DerivedModelError, match="trained on 15 of these 15 queries"):
+        run_benchmark({**params, "dataset": str(leak), "kv_url": f"rocksdb:{tmp_path / 'kv2'}",
+                       "output_dir": str(tmp_path / "run2")})
