@@ -119,6 +119,7 @@ def derived_benchmark_model(store, key: str, params, db_items, q_items):
         s = ingest(db_items, store, [m], batch_size=params.batch_size, progress=params.progress)
         summaries[base] = s.to_dict()
 
+    check_recipes([key], params.derived)
     shas = [hashlib.sha256(it.read_bytes()).hexdigest() for it in q_items]
     model, facts = prepare_derived(store, key, params.derived, ingest_base, shas, params.progress)
     total = {"added": 0, "embedded": 0, "images_per_s": None, "reused": True}
@@ -128,3 +129,23 @@ def derived_benchmark_model(store, key: str, params, db_items, q_items):
     total["reused"] = total["added"] + total["embedded"] == 0
     total["bases"] = summaries
     return model, {"ingest": total, **facts}
+
+
+def check_recipes(models: list[str], recipes: dict[str, dict[str, Any]]) -> None:
+    """Every derived key in ``models`` (and in the recipes' bases) has a consistent recipe."""
+    todo = [m for m in models if is_derived_key(m)]
+    seen = set()
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        if key not in recipes:
+            raise adapters.DerivedModelError(f"no recipe for derived model {key!r} under `derived:`")
+        bases = recipe_bases(key, recipes[key])
+        if bases[0] != split_derived_key(key)[0]:
+            raise adapters.DerivedModelError(f"{key!r} must be named after its first base {bases[0]!r}")
+        kind = recipes[key].get("kind", "adapter")
+        if kind not in ("adapter", "center", "whiten", "concat"):
+            raise adapters.DerivedModelError(f"{key!r}: unknown kind {kind!r}")
+        todo.extend(b for b in bases if is_derived_key(b))
