@@ -306,3 +306,23 @@ def test_benchmark_evaluates_derived_models_and_refuses_seen_queries(tmp_path):
     with pytest.raises(adapters.DerivedModelError, match="trained on 15 of these 15 queries"):
         run_benchmark({**params, "dataset": str(leak), "kv_url": f"rocksdb:{tmp_path / 'kv2'}",
                        "output_dir": str(tmp_path / "run2")})
+
+
+def test_flip_averaging_wrapper_is_mirror_invariant():
+    import io
+
+    from PIL import Image
+
+    from imgsim_lab.adapters.model import FlipAveraged
+    from imgsim_lab.models import available_models, get_model
+
+    base = get_model("pixels")
+    flip = FlipAveraged(base)
+    assert flip.key == "pixels_flip" and flip.version == f"{base.version}-flipavg" and flip.dim == base.dim
+    img = Image.open(io.BytesIO(image_bytes(7))).convert("RGB")
+    mirror = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    a, b = flip.embed_images([img, mirror])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    plain = base.embed_images([img])[0]
+    assert float(plain @ a) < 0.999  # it is not the plain embedding
+    assert {"efficientnet_lite0_flip", "efficientnet_lite2_flip"} <= set(available_models())
