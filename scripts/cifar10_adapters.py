@@ -61,6 +61,12 @@ def rows_for(names: list[str]) -> list[dict]:
         rows.append({"row": f"concat {cat}", "bases": names, "steps": []})
         rows.append({"row": f"concat {cat} centred", "bases": names, "steps": [("center", {})]})
     for n in names:
+        for kind, loss in (("mlp", "cos_softmax"), ("linear", "cos_softmax"), ("mlp", "proxy_anchor"),
+                           ("mlp", "supcon")):
+            rows.append({"row": f"{n} → whiten 256 → {kind} {loss}", "bases": [n],
+                         "steps": [("whiten", {"dim": 256, "shrinkage": 0.25}),
+                                   ("adapter", {"kind": kind, "loss": loss})]})
+    for n in names:
         rows.append({"row": f"{n} linear cos_softmax", "bases": [n],
                      "steps": [("adapter", {"kind": "linear", "loss": "cos_softmax"})]})
         for loss in ("cos_softmax", "proxy_anchor", "supcon"):

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the training records held out for early stopping")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small heads train fastest on one; on a shared "
+                        "machine two threads ran 5x slower here)")
     _common_fit_args(t)
 
     f = sub.add_parser("fit", help="fit a training-free transform: center, whiten or concat")
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
                 cfg = TrainConfig(kind=args.kind, dim=args.dim, hidden=args.hidden, loss=args.loss,
                                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                  patience=args.patience, val_fraction=args.val_fraction, seed=args.seed)
+                                  patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
+                                  threads=args.threads)
                 spec = adapters.train_adapter(store, args.name, args.base, cfg, train_on=args.train_on,
                                               out_dir=_out_dir(args, store.namespace), replace=args.replace)
                 return _report(spec, args.json_out)
