@@ -259,6 +259,16 @@ def test_ingest_search_and_cli_with_derived_pixels_model(tmp_path, namespace, ca
         _, want = s.get_embeddings("pixels+c+ad", [stored])
         vec, _ = searcher.embed(image_bytes(3))
         np.testing.assert_allclose(vec, want[0], atol=1e-5)
+    from imgsim_lab.app.session import SearchSession
+
+    session = SearchSession(url, namespace)  # the app: a read-only view of the store
+    try:
+        assert "pixels+c+ad" in session.model_keys()
+        session.use_model("pixels+c+ad")
+        outcome = session.handle_upload("new.png", image_bytes(501), k=3)
+        assert outcome.status == "searched" and len(outcome.result.matches) == 3
+    finally:
+        session.close()
     capsys.readouterr()
     assert main(["adapter", "list", *kv]) == 0
     assert "pixels+c+ad: adapter dim 8" in capsys.readouterr().out
