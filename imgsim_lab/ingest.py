@@ -220,7 +220,11 @@ def write_stage(entries: list[_Entry], vectors: dict[str, np.ndarray], store: St
                     {k: v[i] for k, v in vectors.items()},
                     path=str(e.item.path.resolve()) if e.item.path is not None else None)
            for i, e in enumerate(entries)]
-    for e, res in zip(entries, store.add_images(new), strict=True):
+    results = store.add_images(new)
+    from imgsim_lab.adapters import derive_new  # derived models (BASE+NAME) of the new images
+
+    derive_new(store, [r.id for r in results])
+    for e, res in zip(entries, results, strict=True):
         e.inputs.clear()
         if res.created:
             summary.added += 1

@@ -17,7 +17,7 @@ import numpy as np
 
 from imgsim_lab.images import ImageInfo, Limits, decode, sha256_hex
 from imgsim_lab.index import IndexConfig, SimilarityIndex
-from imgsim_lab.models import EmbeddingModel, get_model
+from imgsim_lab.models import EmbeddingModel
 from imgsim_lab.store import NewImage, Record, Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,11 @@ class Searcher:
     def __init__(self, store: Store, model: EmbeddingModel | str, size: int | None = None,
                  index_config: IndexConfig | None = None, limits: Limits | None = None) -> None:
         self.store = store
-        self.model = get_model(model, size=size) if isinstance(model, str) else model
+        if isinstance(model, str):
+            from imgsim_lab.adapters.model import resolve_model  # derived keys BASE+NAME too
+
+            model = resolve_model(store, model, size=size)
+        self.model = model
         self.limits = limits or Limits()
         self.index_config = index_config
         self._index: SimilarityIndex | None = None

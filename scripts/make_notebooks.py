@@ -128,6 +128,8 @@ latency_queries = 200        # single-query searches timed for p50/p95
 example_queries = 5          # queries shown side by side for every model
 progress = True
 dask = None                  # ingest on a Dask cluster: "local:2" or "tcp://HOST:8786" (None: this kernel)
+derived = {}                 # recipes of derived models in `models` (BASE+NAME), see docs/adapters.md
+full_map = False             # also mAP over the whole database (mAP@all)
 """),
     ("code", """
 from IPython.display import Image, Markdown, display

@@ -61,6 +61,8 @@ class BenchmarkParams:
     example_queries: int = 5            # queries drawn in the side-by-side example grid
     progress: bool = True
     dask: str | None = None             # Dask cluster to ingest on: local:N | tcp://host:8786
+    derived: dict[str, dict] = field(default_factory=dict)  # recipes of derived models BASE+NAME
+    full_map: bool = False              # also mAP over the whole database ("mAP@all")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BenchmarkParams:
@@ -154,6 +156,10 @@ def evaluate_model(store, model, params: BenchmarkParams, queries: list[ImageIte
     res_labels = np.where(rows == ev.PAD, ev.PAD, db_codes[safe] if len(db_codes) else ev.PAD)
     exact_ids = np.where(rows == ev.PAD, ev.PAD, ids[safe] if len(ids) else ev.PAD)
     quality = ev.retrieval_metrics(q_codes, res_labels, KS, params.map_depth, knn_k=5)
+    if params.full_map and len(db):
+        from imgsim_lab.adapters.evaluate import map_all
+
+        quality["mAP@all"] = map_all(db, db_codes, qvecs, q_codes)
     per_class = ev.per_class_precision(q_codes, ev.relevance(q_codes, res_labels), classes, KS)
 
     t0 = time.perf_counter()
@@ -297,6 +303,13 @@ def run_benchmark(params: BenchmarkParams | dict[str, Any]) -> dict[str, Any]:
     paths = {it.source: str(it.path) for it in db_items + q_items}
     with open_store(kv_url, namespace) as store:
         for name in p.models:
+            if "+" in name:  # a derived model (issue 18): fitted on the database, never on queries
+                from imgsim_lab.experiments.derived import derived_benchmark_model
+
+                model, extra = derived_benchmark_model(store, name, p, db_items, q_items)
+                res = {**evaluate_model(store, model, p, q_items, classes, out), **extra}
+                result["models"][name] = res
+                continue
             model = get_model(name, size=p.size_for(name))
             summary = ingest(db_items, store, [model], batch_size=p.batch_size, progress=p.progress)
             check_database_size(store, model.key, identity.unique_files - sum(summary.rejected.values()),

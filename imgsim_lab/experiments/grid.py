@@ -36,7 +36,8 @@ CELL_FILE = "cell.json"
 
 #: Columns of summary.csv / summary.md, in order.
 SUMMARY_COLUMNS = ("cell", "status", "model", "key", "size", "db", "queries", "index_mode",
-                   "memory_budget", "P@1", "P@5", "P@10", "mAP@1000", "knn5_accuracy", "recall@10",
+                   "memory_budget", "P@1", "P@5", "P@10", "mAP@1000", "mAP@all", "knn5_accuracy",
+                   "train_seconds", "recall@10",
                    "p50_ms", "p95_ms", "index_mode_used", "index_mb", "ingest_images_per_s",
                    "query_embed_images_per_s", "seconds", "error")
 
@@ -193,6 +194,7 @@ def summary_rows(cell_status: Sequence[tuple[str, str, dict[str, Any] | None, st
                 "index_mode": p.get("index_mode"), "memory_budget": p.get("memory_budget"),
                 "P@1": q.get("P@1"), "P@5": q.get("P@5"), "P@10": q.get("P@10"),
                 "mAP@1000": q.get("mAP@1000"), "knn5_accuracy": q.get("knn5_accuracy"),
+                "mAP@all": q.get("mAP@all"), "train_seconds": m.get("derived", {}).get("train_seconds"),
                 "recall@10": ix.get(f"recall@{k}"), "p50_ms": ix["latency"]["p50_ms"],
                 "p95_ms": ix["latency"]["p95_ms"], "index_mode_used": ix["stats"]["mode"],
                 "index_mb": ix["stats"]["index_bytes"] / 1e6,
@@ -222,7 +224,8 @@ def summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 #: The columns shown in summary.md (the CSV has them all).
 MD_COLUMNS = ("cell", "status", "key", "db", "queries", "index_mode_used", "P@1", "P@5", "P@10",
-              "mAP@1000", "knn5_accuracy", "recall@10", "p50_ms", "p95_ms", "ingest_images_per_s")
+              "mAP@1000", "mAP@all", "knn5_accuracy", "train_seconds", "recall@10", "p50_ms", "p95_ms",
+              "ingest_images_per_s")
 
 
 def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:

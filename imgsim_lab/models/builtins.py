@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 from imgsim_lab.models import baselines, efficientnet_lite, torchvision_models
+from imgsim_lab.models.flip import FLIP_SUFFIX, flip_factory
 from imgsim_lab.models.spec import ModelSpec, always
 
 
 def builtin_specs() -> list[ModelSpec]:
-    """EfficientNet-Lite0/1/2, the torchvision architectures and the two baselines."""
+    """EfficientNet-Lite0/1/2 (each also ``_flip``: test-time flip averaging), the torchvision
+    architectures and the two baselines."""
     specs = []
     for v in efficientnet_lite.VARIANTS.values():
         make = efficientnet_lite.factory(v)
-        specs.append(ModelSpec(v.name, make, lambda i=v.index: efficientnet_lite.available(i),
-                               make.__doc__ or ""))
+        avail = functools.partial(efficientnet_lite.available, v.index)
+        specs.append(ModelSpec(v.name, make, avail, make.__doc__ or ""))
+        flip = flip_factory(make)
+        specs.append(ModelSpec(v.name + FLIP_SUFFIX, flip, avail, flip.__doc__ or ""))
     for a in torchvision_models.ARCHS.values():
         make, avail = torchvision_models.factory(a)
         specs.append(ModelSpec(a.name, make, avail, make.__doc__ or ""))

@@ -62,6 +62,7 @@ def _ensure_builtins() -> None:
             _BUILTINS_LOADED = True
 
 
+
 def spec(name: str) -> ModelSpec:
     """The registration of ``name``; ``KeyError`` listing known names otherwise."""
     _ensure_builtins()

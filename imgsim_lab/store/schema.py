@@ -43,7 +43,7 @@ import numpy as np
 
 from imgsim_lab.store.errors import CorruptDataError, DimensionMismatchError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-]{1,64}$")  # "+": derived models BASE+NAME (issue 18)
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 ID_WIDTH = 12
 #: Trailing id digits outside the hash tag: ids ``100·b … 100·b + 99`` share one tag (slot).
@@ -55,9 +55,9 @@ VECTOR_DTYPE = np.dtype("<f4")
 
 
 def check_name(kind: str, name: str) -> str:
-    """Namespaces and model keys: 1-64 characters of ``[A-Za-z0-9_.-]``."""
+    """Namespaces and model keys: 1-64 characters of ``[A-Za-z0-9_.+-]``."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"invalid {kind} {name!r}: use 1-64 characters of A-Z a-z 0-9 _ . -")
+        raise ValueError(f"invalid {kind} {name!r}: use 1-64 characters of A-Z a-z 0-9 _ . + -")
     return name
 
 
