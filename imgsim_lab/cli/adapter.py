@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from imgsim_lab.cli._common import add_store_args, write_json
+from imgsim_lab.cli._common import add_store_args
+from imgsim_lab.jsonio import dumps, write_json
 
 NAME = "adapter"
 HELP = ("derived models on stored embeddings: train an adapter head, fit centring/whitening/"
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             if args.action == "derive":
                 keys = args.key or adapters.list_derived(store)
                 done = {k: adapters.derive(store, k, progress=True) for k in keys}
-                print(write_json({"derived": done}, None))
+                print(dumps({"derived": done}))
                 return 0
             if args.action == "list":
                 rows = []
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                                  "vectors": models[k].count if k in models else 0,
                                  "trained_on": s.trained_on.get("split"), "state": state})
                 if args.json_out:
-                    write_json(rows, args.json_out)
+                    write_json(args.json_out, rows)
                 for r in rows:
                     print(f"{r['key']}: {r['kind']} dim {r['dim']} {r['version']} on "
                           f"{'+'.join(r['bases'])}, {r['vectors']} vectors, fitted on "
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             if args.action == "delete":
                 removed = adapters.delete_derived(store, args.key, cascade=args.cascade)
-                print(write_json({"deleted": removed}, None))
+                print(dumps({"deleted": removed}))
                 return 0
     except adapters.DerivedModelError as exc:
         log.error("%s", exc)
@@ -146,8 +147,8 @@ def _report(spec, json_out: str | None) -> int:
            "trained_on": spec.trained_on,
            "metrics": {k: v for k, v in spec.metrics.items() if k != "history"}}
     if json_out:
-        write_json({**obj, "history": spec.metrics.get("history", [])}, json_out)
-    print(write_json(obj, None))
+        write_json(json_out, {**obj, "history": spec.metrics.get("history", [])})
+    print(dumps(obj))
     return 0
 
 
