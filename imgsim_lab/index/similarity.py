@@ -12,7 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from imgsim_lab.index import builders, decisions
+from imgsim_lab.index import builders, decisions, tune
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.config import Hit, IndexConfig
 from imgsim_lab.index.hotset import HotSet
@@ -44,6 +44,7 @@ class SimilarityIndex:
         self.model = model_key
         self.config = config or IndexConfig()
         self.dim = store.model_dim(model_key)
+        self.config = tune.config_for(store, model_key, self.config, self.dim)  # stored tuned setting
         self.directory = Path(self.config.snapshot_dir) if self.config.snapshot_dir else \
             snap.default_dir(self._store_identity(), store.namespace, model_key)
         self.index: faiss.Index = builders.new_exact(self.dim)
@@ -163,15 +164,16 @@ class SimilarityIndex:
                 index = builders.new_exact(self.dim)
                 chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, self.config.chunk_size))
             else:
-                nlist = self.config.nlist or decisions.nlist_for(n)
+                nlist = (decisions.factory_parts(self.config.factory)["nlist"] if self.config.factory
+                         else None) or self.config.nlist or decisions.nlist_for(n)
                 index_budget = int(budget * (1 - self.config.hot_fraction))
                 size = decisions.training_size(n, nlist, self.config.train_min)
                 sample = builders.sample_vectors(self.store, self.model, size, upto, n)
                 timings["sample"] = time.perf_counter() - t0
                 if len(sample) < nlist:
                     nlist = max(1, len(sample) // decisions.MIN_POINTS_PER_CENTROID)
-                self.factory = decisions.budget_factory(n, self.dim, index_budget, nlist,
-                                                        self.config.max_pca_dim)
+                self.factory = self.config.factory or decisions.budget_factory(
+                    n, self.dim, index_budget, nlist, self.config.max_pca_dim)
                 # start reading now: the first chunks arrive while the index trains
                 chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, self.config.chunk_size))
                 index = builders.new_budget(self.dim, self.factory, sample, self.config.kmeans_iter)
@@ -187,6 +189,7 @@ class SimilarityIndex:
         self.last_rebuild_s = time.perf_counter() - t0
         self._dirty = True
         self.last_rebuild_timings = {**timings, "total": self.last_rebuild_s}
+        tune.after_rebuild(self)  # once, for a default build of > 20k vectors (timed apart)
         log.info("index %s/%s: built %s over %d vectors in %.2fs (%.0f vectors/s; %s; budget %d bytes)",
                  self.store.namespace, self.model, self.factory, len(ids), self.last_rebuild_s,
                  len(ids) / max(self.last_rebuild_s, 1e-9),
@@ -335,9 +338,7 @@ class SimilarityIndex:
 
     def _budget_candidates(self, q: np.ndarray, k_fetch: int, round_: int) -> tuple[np.ndarray, np.ndarray]:
         depth = self._depth(k_fetch)
-        params = faiss.SearchParametersIVF(nprobe=self._probe(round_)[0])
-        if isinstance(self.index, faiss.IndexPreTransform):
-            params = faiss.SearchParametersPreTransform(index_params=params)
+        params = builders.search_params(self.index, self._probe(round_)[0])  # through OPQ/PCA wrappers
         d, c = self.index.search(q, depth, params=params)
         return d, c
 
