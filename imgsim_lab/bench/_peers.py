@@ -15,6 +15,7 @@ vectors, the vectors themselves freed), and recall@10 / p50 / p95 for a few sett
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 K = 10
 PEERS = ("hnswlib", "lancedb", "autofaiss")
@@ -178,6 +181,7 @@ def run_peers(x: np.ndarray, q: np.ndarray, qrows: np.ndarray, truth_rows: np.nd
             out[peer] = {"peer": peer, "error": f"timed out after {timeout_s:.0f} s"}
         out[peer]["python"] = py
         out[peer]["wall_s"] = time.perf_counter() - t
+        log.info("peer %s: %s", peer, json.dumps(out[peer]))
     return out
 
 

@@ -9,6 +9,7 @@ the same run, and ``exact_p50_ms`` is a bare FAISS ``IndexFlatIP`` over the same
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -59,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run `imgsim index tune` (same budget, --target-recall) first, in this run")
     parser.add_argument("--target-recall", type=float, default=0.99, help="recall@10 target of --tune")
     parser.add_argument("--tune-queries", type=int, default=500, help="held-out queries of --tune")
+    parser.add_argument("--tune-factory", action="append", default=None,
+                        help="--tune only these factories (repeatable; default: the candidate grid)")
+    parser.add_argument("--tune-latency-queries", type=int, default=100,
+                        help="single queries timed per tuned setting")
     parser.add_argument("--hot-fraction", type=float, default=None,
                         help="share of the budget for the hot set (default: IndexConfig's)")
     parser.add_argument("--zipf", type=int, default=2000, metavar="N",
@@ -105,7 +110,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t = time.perf_counter()
                 tuned = tune.tune(store, model, args.target_recall, budget if budget is not None else 0.1,
                                   hot_fraction=extra.get("hot_fraction", IndexConfig.hot_fraction),
-                                  queries=args.tune_queries).to_dict()
+                                  queries=args.tune_queries, factories=args.tune_factory,
+                                  latency_queries=args.tune_latency_queries).to_dict()
+                log.info("tune result: %s", json.dumps(tuned, default=str))
                 tuned["wall_s"] = time.perf_counter() - t
             cfg = IndexConfig(mode=args.mode, memory_budget=budget, autosave=False,
                               snapshot_dir=args.snapshot_dir or tmp, **extra)

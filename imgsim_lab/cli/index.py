@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--target-recall", type=float, default=0.99, help="recall@10 to reach (default 0.99)")
     t.add_argument("--budget", default="0.1",
                    help="memory budget: a fraction (0, 1] of the raw vectors, or bytes (default 0.1)")
-    t.add_argument("--hot-fraction", type=float, default=0.0,
-                   help="share of the budget kept for the hot set (default 0: all for the index)")
+    t.add_argument("--hot-fraction", type=float, default=None,
+                   help="share of the budget kept for the hot set (default: IndexConfig's)")
     t.add_argument("--queries", type=int, default=500, help="held-out stored vectors used as queries")
     t.add_argument("--latency-queries", type=int, default=100, help="single queries timed per setting")
     t.add_argument("--factory", action="append", default=None,

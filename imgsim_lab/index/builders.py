@@ -193,7 +193,7 @@ def index_bytes(index: faiss.Index, mode: str, factory: str, n: int, dim: int) -
     """Memory held by the faiss index (codes, ids, quantizer, transform)."""
     if mode == "exact":
         return decisions.exact_index_bytes(n, dim)
-    return decisions.estimate_index_bytes(factory, n, dim)
+    return decisions.factory_bytes(factory, n, dim)
 
 
 def sample_vectors(store: Store, model: str, size: int, watermark: int, count: int,

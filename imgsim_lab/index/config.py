@@ -44,6 +44,7 @@ class IndexConfig:
     tuned: bool = True                  # budget mode: use the setting stored by `imgsim index tune`
     auto_tune: bool = True              # budget mode: quick-tune nprobe/depth after a default build (> 20k)
     tune_target: float = 0.99           # recall@10 target of the automatic quick tune
+    auto_tune_min_n: int = 20_000       # ... run only for collections larger than this
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "exact", "budget"):

@@ -160,7 +160,7 @@ def k_plus(k: int, margin: int, n_excluded: int = 0) -> int:
 
 def rerank_depth(k_fetch: int, factor: float, minimum: int = 64) -> int:
     """Candidates taken from the compressed index for exact re-ranking."""
-    return int(max(k_fetch, minimum, math.ceil(k_fetch * factor)))
+    return int(max(k_fetch, minimum, math.ceil(k_fetch * factor - 1e-9)))  # no float ceil creep
 
 
 def widen(k_fetch: int, available: int, growth: int = 4) -> int:
@@ -376,3 +376,11 @@ def setting_fits(factory: str, n: int, dim: int, index_budget: int, slack: float
         return factory_bytes(factory, n, dim) <= index_budget * slack
     except ValueError:
         return False
+
+
+def with_margin(target_recall: float, queries: int, k: int = 10, z: float = 1.0) -> float:
+    """The recall a tune requires on its held-out queries so the target holds on fresh ones:
+    ``target + z`` standard errors of a recall@k measured over ``queries`` queries (capped at 1)."""
+    t = min(max(float(target_recall), 0.0), 1.0)
+    se = math.sqrt(t * (1 - t) / max(1, k * int(queries)))
+    return min(1.0, t + z * se)

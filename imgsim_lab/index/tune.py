@@ -322,7 +322,7 @@ class TuneResult:
 
 
 def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: int | float | None = 0.1,
-         hot_fraction: float = 0.0, queries: int = 500, latency_queries: int = 100,
+         hot_fraction: float | None = None, queries: int = 500, latency_queries: int = 100,
          factories: list[str] | None = None, quick: bool = False, removable_only: bool = True,
          seed: int = 12345, save: bool = True, time_all: bool = False,
          progress: Callable[[str], None] | None = None) -> TuneResult:
@@ -335,6 +335,8 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
     n = store.model_info()[model].count
     dim = store.model_dim(model)
     budget = decisions.resolve_budget(memory_budget, n, dim)
+    if hot_fraction is None:  # the share the index will leave to its hot set
+        hot_fraction = IndexConfig.hot_fraction
     index_budget = int(budget * (1 - hot_fraction))
     cands = factories or decisions.candidate_factories(n, dim, index_budget, quick=quick)
     if not cands:
@@ -344,10 +346,11 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         vectors = Vectors(store, model, *load_all(store, model))
     with faiss_threads():
         ho = held_out(store, model, queries, seed, vectors)
-        rows, built = _measure_all(store, model, cands, n, dim, ho, vectors, target_recall,
+        need = decisions.with_margin(target_recall, len(ho.x))  # so it holds on fresh queries
+        rows, built = _measure_all(store, model, cands, n, dim, ho, vectors, need,
                                    latency_queries, time_all, progress)
     pickable = [r for r in rows if r["removable"] or not removable_only]
-    best = decisions.pick_fastest(pickable, target_recall)
+    best = decisions.pick_fastest(pickable, need)
     chosen = None
     if best is not None:
         chosen = TunedSetting(model=model, dim=dim, n=n, factory=best["factory"], probe=int(best["probe"]),
@@ -359,6 +362,7 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         if save:
             save_setting(store, chosen)
     info = {"model": model, "n": n, "dim": dim, "target_recall": target_recall,
+            "required_recall": need, "hot_fraction": hot_fraction,
             "memory_budget": memory_budget, "budget_bytes": budget, "index_budget_bytes": index_budget,
             "queries": len(ho.x), "latency_queries": latency_queries, "seconds": time.perf_counter() - t0,
             "saved_to": setting_key(store.namespace, model) if save and chosen else None,
@@ -399,9 +403,10 @@ def quick_tune_built(store: Store, model: str, index: faiss.Index, factory: str,
     with faiss_threads():
         ho = held_out(store, model, queries, seed=777)
         vectors = Vectors(store, model)
-        rows = measure_index(index, factory, ho, vectors, store, model, target_recall,
+        need = decisions.with_margin(target_recall, len(ho.x))
+        rows = measure_index(index, factory, ho, vectors, store, model, need,
                              depths=[100, 200, 400, 800], latency_queries=50)
-    best = decisions.pick_fastest(rows, target_recall)
+    best = decisions.pick_fastest(rows, need)
     if best is None:
         return None
     budget = decisions.resolve_budget(config.memory_budget, n, dim)
@@ -448,7 +453,8 @@ def after_rebuild(index: Any) -> None:
     """Quick-tune a default budget build of a large collection once (probe and re-rank depth),
     store the setting and switch ``index`` (a SimilarityIndex) to it."""
     cfg: IndexConfig = index.config
-    if not cfg.auto_tune or not decisions.should_auto_tune(index.ntotal, index.mode, cfg.factory is not None):
+    if not cfg.auto_tune or not decisions.should_auto_tune(index.ntotal, index.mode, cfg.factory is not None,
+                                                               cfg.auto_tune_min_n):
         return
     t = time.perf_counter()
     try:

@@ -238,6 +238,8 @@ def test_rerank_for_gives_the_depth_at_k10_and_scales():
     assert dec.rerank_depth(kp, rfac, rmin) == 300
     assert dec.rerank_depth(dec.k_plus(100, 10, 1), rfac, rmin) > 1000  # k=100 re-ranks deeper
     assert dec.rerank_for(5) == (5, 1.0)
+    for depth in range(21, 2000, 7):  # 50 / 21 * 21 is 50.000000000000007: no ceiling creep
+        assert dec.rerank_depth(kp, *reversed(dec.rerank_for(depth))) == depth
 
 
 def test_auto_tune_and_setting_fit_rules():
@@ -266,3 +268,9 @@ def test_search_params_reach_through_wrappers():
         if "IVF" in f:
             assert not np.array_equal(wide, narrow), f  # the probe really reached the index
         assert (graph_of(idx) is not None) == ("HNSW8_SQ8" in f)
+
+
+def test_tune_margin_shrinks_with_more_queries():
+    assert dec.with_margin(0.99, 500) == pytest.approx(0.99 + (0.99 * 0.01 / 5000) ** 0.5)
+    assert dec.with_margin(0.99, 50) > dec.with_margin(0.99, 500) > 0.99
+    assert dec.with_margin(1.0, 10) == 1.0 and dec.with_margin(0.5, 10**9) == pytest.approx(0.5, abs=1e-4)
