@@ -69,6 +69,11 @@ def _inner(d: int, factory: str) -> faiss.Index:
     if factory.startswith("HNSW"):
         return faiss.index_factory(d, "IDMap," + factory, METRIC)
     index = faiss.index_factory(d, factory, METRIC)
+    ivf = faiss.try_extract_index_ivf(index)
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        # polysemous training (codes ordered for Hamming filtering, by simulated annealing) took
+        # 42 s for 4 sub-quantizers here and is useless under an exact re-rank
+        ivf.do_polysemous_training = False
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             vt = faiss.downcast_VectorTransform(index.chain.at(i))
