@@ -74,7 +74,7 @@ def run_hnswlib(x, q, qrows, truth, budget_bytes, n_lat, tmp):
         found, p50, p95 = _timed(lambda v: index.knn_query(v, k=K + 1)[0][0], q, qrows, n_lat)
         rows.append({"setting": f"HNSW32 ef {ef}", "recall_at_10": _recall(found, truth), "p50_ms": p50,
                      "p95_ms": p95})
-    return {"build_s": build_s, "settings": rows,
+    return {"build_s": build_s, "settings": rows, "rss_mb_built": _rss_mb(),
             "index": "hnswlib HNSW32 (efConstruction 100), all vectors in RAM"}
 
 
@@ -99,7 +99,7 @@ def run_lancedb(x, q, qrows, truth, budget_bytes, n_lat, tmp):
         found, p50, p95 = _timed(search, q, qrows, n_lat)
         rows.append({"setting": f"nprobes {nprobes}" + (f", refine_factor {refine}" if refine else ""),
                      "recall_at_10": _recall(found, truth), "p50_ms": p50, "p95_ms": p95})
-    return {"build_s": build_s, "settings": rows,
+    return {"build_s": build_s, "settings": rows, "rss_mb_built": _rss_mb(),
             "index": "LanceDB IVF_PQ (256 partitions, 64 sub-vectors, dot) on disk",
             "version": lancedb.__version__}
 
@@ -116,7 +116,8 @@ def run_autofaiss(x, q, qrows, truth, budget_bytes, n_lat, tmp):
     build_s = time.perf_counter() - t
     faiss.omp_set_num_threads(1)
     found, p50, p95 = _timed(lambda v: index.search(v[None, :], K + 1)[1][0], q, qrows, n_lat)
-    return {"build_s": build_s, "index": str(info.get("index_key")) if isinstance(info, dict) else str(info),
+    return {"build_s": build_s, "rss_mb_built": _rss_mb(),
+            "index": str(info.get("index_key")) if isinstance(info, dict) else str(info),
             "info": {k: str(v) for k, v in (info or {}).items()} if isinstance(info, dict) else None,
             "settings": [{"setting": "autofaiss' own tuning", "recall_at_10": _recall(found, truth),
                           "p50_ms": p50, "p95_ms": p95}]}
@@ -136,8 +137,10 @@ def worker(workdir: str, peer: str) -> None:
     import gc
 
     gc.collect()
+    # resident RAM of the index: growth over the process holding the input vectors, measured
+    # while the index is alive (after its queries)
     res.update(peer=peer, rss_mb_after=_rss_mb(), rss_mb_base=base, rss_mb_loaded=loaded,
-               resident_mb=_rss_mb() - base, vectors_mb=data_mb)
+               resident_mb=res.get("rss_mb_built", loaded) - loaded, vectors_mb=data_mb)
     (d / f"result-{peer}.json").write_text(json.dumps(res))
 
 
