@@ -339,6 +339,10 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         hot_fraction = IndexConfig.hot_fraction
     index_budget = int(budget * (1 - hot_fraction))
     cands = factories or decisions.candidate_factories(n, dim, index_budget, quick=quick)
+    too_big = [f for f in cands if decisions.factory_bytes(f, n, dim) > index_budget]
+    if too_big:  # an index could never use them: the budget would reject the setting
+        log.warning("not measuring %s: over the index budget of %d bytes", ", ".join(too_big), index_budget)
+        cands = [f for f in cands if f not in too_big]
     if not cands:
         raise ValueError(f"no candidate index fits {index_budget} bytes for {n} x {dim} vectors")
     vectors = Vectors(store, model)
