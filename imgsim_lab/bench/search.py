@@ -9,6 +9,7 @@ the same run, and ``exact_p50_ms`` is a bare FAISS ``IndexFlatIP`` over the same
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -19,8 +20,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from imgsim_lab.bench import _peers
 from imgsim_lab.cli._common import add_store_args
-from imgsim_lab.index import IndexConfig, SimilarityIndex
+from imgsim_lab.index import IndexConfig, SimilarityIndex, tune
 from imgsim_lab.index.synthetic import SyntheticSpec, neighbour_similarity, write_to_store
 from imgsim_lab.store import open_store
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 NAME = "search"
 HELP = "similarity index: recall@10 vs brute force, single-query latency, memory, rebuild speed"
 K = 10
+K100 = 100
 #: Above this many bytes of raw vectors the bare flat index is timed first and freed.
 BIG_BYTES = 2 << 30
 
@@ -48,6 +51,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact-queries", type=int, default=30, help="bare flat single queries timed")
     parser.add_argument("--threads", type=int, default=1, help="faiss threads for single queries")
     parser.add_argument("--snapshot-dir", default=None, help="index snapshot dir (default: a temp dir)")
+    parser.add_argument("--npz", default=None, metavar="PATH",
+                        help="write the precomputed embeddings of PATH (<split>_x, _y, _paths) to the "
+                             "store under --model first (a real collection without re-embedding)")
+    parser.add_argument("--split", default="train", help="the --npz split (default train)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many --npz rows")
+    parser.add_argument("--tune", action="store_true",
+                        help="run `imgsim index tune` (same budget, --target-recall) first, in this run")
+    parser.add_argument("--target-recall", type=float, default=0.99, help="recall@10 target of --tune")
+    parser.add_argument("--tune-queries", type=int, default=500, help="held-out queries of --tune")
+    parser.add_argument("--tune-factory", action="append", default=None,
+                        help="--tune only these factories (repeatable; default: the candidate grid)")
+    parser.add_argument("--tune-latency-queries", type=int, default=100,
+                        help="single queries timed per tuned setting")
+    parser.add_argument("--hot-fraction", type=float, default=None,
+                        help="share of the budget for the hot set (default: IndexConfig's)")
+    parser.add_argument("--zipf", type=int, default=2000, metavar="N",
+                        help="replay N queries drawn Zipf-like (s=1.1) from the query set: hot-set hit "
+                             "rate and latency with and without it (0: skip)")
+    parser.add_argument("--peers", nargs="?", const=",".join(_peers.PEERS), default=None,
+                        help="also run peer libraries on the same vectors (comma list; default all: "
+                             + ", ".join(_peers.PEERS) + ")")
+    parser.add_argument("--peer-timeout", type=float, default=900, help="seconds per peer")
 
 
 def _load_all(store: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,21 +94,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(args.kv, args.namespace)
     try:
         model = args.model
+        if args.npz:
+            from imgsim_lab.bench._vectors import write_npz_collection
+
+            write_npz_collection(store, args.npz, model, args.split, args.limit)
         if args.synthetic:
             model = f"synthetic{args.dim}"
             have = store.model_info().get(model)
             if have is None or have.count < args.synthetic:
                 write_to_store(store, model, args.synthetic, SyntheticSpec(dim=args.dim, seed=args.seed))
         with tempfile.TemporaryDirectory(prefix="imgsim-bench-search-") as tmp:
+            extra = {} if args.hot_fraction is None else {"hot_fraction": args.hot_fraction}
+            tuned = None
+            if args.tune:
+                t = time.perf_counter()
+                tuned = tune.tune(store, model, args.target_recall, budget if budget is not None else 0.1,
+                                  hot_fraction=extra.get("hot_fraction", IndexConfig.hot_fraction),
+                                  queries=args.tune_queries, factories=args.tune_factory,
+                                  latency_queries=args.tune_latency_queries).to_dict()
+                log.info("tune result: %s", json.dumps(tuned, default=str))
+                tuned["wall_s"] = time.perf_counter() - t
             cfg = IndexConfig(mode=args.mode, memory_budget=budget, autosave=False,
-                              snapshot_dir=args.snapshot_dir or tmp)
-            return _measure(store, model, cfg, args)
+                              snapshot_dir=args.snapshot_dir or tmp, **extra)
+            with tune.faiss_threads():  # cores - 1 (see tune.faiss_threads); single queries use --threads
+                out = _measure(store, model, cfg, args, tmp)
+            out["tune"] = tuned
+            return out
     finally:
         store.close()
 
 
-def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace) -> dict[str, Any]:
+def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    t_read = time.perf_counter()
     ids, x = _load_all(store, model)
+    read_s = time.perf_counter() - t_read  # the ceiling of any rebuild: one plain pass over the store
     if args.synthetic and len(ids) != args.synthetic:
         log.warning("the store holds %d vectors of %s, not %d: measuring all of them",
                     len(ids), model, args.synthetic)
@@ -95,9 +139,18 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace)
     q, qids = x[qrows], ids[qrows]
 
     threads = faiss.omp_get_max_threads()
-    _, gt = faiss.knn(q, x, K + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    truth = [[int(ids[j]) for j in row if j >= 0 and ids[j] != qi][:K]
-             for row, qi in zip(gt, qids, strict=True)]
+    _, gt = faiss.knn(q, x, K100 + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    truth_rows = np.array([[j for j in row if j >= 0 and j != qr][:K100]
+                           for row, qr in zip(gt, qrows, strict=True)])
+    truth = [[int(ids[j]) for j in row[:K]] for row in truth_rows]
+    truth100 = [[int(ids[j]) for j in row] for row in truth_rows]
+    peers = None
+    if args.peers:
+        budget_bytes = int(cfg.memory_budget * n * dim * 4) if isinstance(cfg.memory_budget, float) else \
+            int(cfg.memory_budget or n * dim * 4)
+        peers = _peers.run_peers(x, q, qrows, truth_rows[:, :K], budget_bytes, os.path.join(tmp, "peers"),
+                                 tuple(p for p in args.peers.split(",") if p), args.latency_queries,
+                                 args.peer_timeout)
     sims = neighbour_similarity(x, n_queries=200, seed=args.seed)
 
     flat = faiss.IndexFlatIP(dim)
@@ -127,6 +180,10 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace)
     found = idx.search_batch(q, K, [[int(i)] for i in qids])
     recall = float(np.mean([len({h.id for h in f} & set(tr)) / max(len(tr), 1)
                             for f, tr in zip(found, truth, strict=True)]))
+    found100 = idx.search_batch(q, K100, [[int(i)] for i in qids])
+    recall100 = float(np.mean([len({h.id for h in f} & set(tr)) / max(len(tr), 1)
+                               for f, tr in zip(found100, truth100, strict=True)]))
+    hot_before = idx.stats()["hot_hit_rate"]
 
     faiss.omp_set_num_threads(args.threads)
     try:  # interleaved with the flat index (when kept), so a shared machine's load hits both alike
@@ -140,6 +197,7 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace)
     finally:
         faiss.omp_set_num_threads(threads)
 
+    zipf = _zipf_stream(idx, q, qids, args) if args.zipf and st_mode(idx) == "budget" else None
     st = idx.stats()
     p50, exact_p50 = _pct(lat, 50), _pct(exact, 50)
     return {
@@ -148,7 +206,11 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace)
         "n": n, "dim": dim, "mode": st["mode"], "factory": st["factory"], "nprobe": st["nprobe"],
         "memory_budget": cfg.memory_budget, "budget_bytes": st["budget_bytes"],
         "queries": len(q), "latency_queries": len(lat), "threads": args.threads,
-        "recall_at_10": recall,
+        "recall_at_10": recall, "recall_at_100": recall100,
+        "rerank_min": idx.config.rerank_min, "rerank_factor": idx.config.rerank_factor,
+        "tuned_factory": idx.config.factory, "hot_fraction": idx.config.hot_fraction,
+        "hot_hit_rate_uniform": hot_before, "zipf": zipf, "peers": peers,
+        "faiss_serialized_bytes": int(faiss.serialize_index(idx.index).nbytes),
         "p50_ms": p50, "p95_ms": _pct(lat, 95), "exact_p50_ms": exact_p50,
         "p50_over_exact_p50": p50 / exact_p50,
         "index_bytes": st["index_bytes"], "hot_bytes": st["hot_bytes"], "ids_bytes": st["ids_bytes"],
@@ -156,6 +218,8 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace)
         "index_over_raw": st["index_bytes"] / st["raw_vector_bytes"],
         "ram_over_raw": (st["index_bytes"] + st["hot_bytes"] + st["ids_bytes"]) / st["raw_vector_bytes"],
         "rebuild_s": rebuild_s, "rebuild_vectors_per_s": n / rebuild_s,
+        "store_read_s": read_s, "store_read_vectors_per_s": n / read_s,
+        "rebuild_over_read": rebuild_s / read_s,
         "rebuild_phases_s": idx.last_rebuild_timings,
         "hot_hit_rate": st["hot_hit_rate"], "hot_size": st["hot_size"],
         "sim_at_10": sims.get("sim_at_10"), "sim_at_100": sims.get("sim_at_100"),
@@ -163,3 +227,43 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace)
                     "faiss": faiss.__version__, "load_avg_1m_start": load_start,
                     "load_avg_1m_end": os.getloadavg()[0]},
     }
+
+
+def st_mode(idx: SimilarityIndex) -> str:
+    return idx.mode
+
+
+def _zipf_stream(idx: SimilarityIndex, q: np.ndarray, qids: np.ndarray,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Replay a Zipf-like stream (users re-searching popular images) with and without the hot set.
+
+    Query i of the pool is drawn with probability ~ 1 / (rank_i)^1.1. The same stream runs
+    twice on the same index: with its LFU hot set (starting empty), then with the hot set
+    disabled, interleaved per query so load hits both alike.
+    """
+    from imgsim_lab.index.hotset import HotSet
+
+    rng = np.random.default_rng(args.seed + 7)
+    pool = len(q)
+    w = 1.0 / np.arange(1, pool + 1) ** 1.1
+    stream = rng.choice(pool, size=args.zipf, p=w / w.sum())
+    hot = HotSet(idx.hot.capacity, idx.dim)
+    cold = HotSet(0, idx.dim)
+    with_hot, without = [], []
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(args.threads)
+    try:
+        for i in stream.tolist():
+            for hs, sink in ((hot, with_hot), (cold, without)):
+                idx.hot = hs
+                t = time.perf_counter()
+                idx.search(q[i], K, exclude_ids=[int(qids[i])])
+                sink.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
+        idx.hot = hot
+    return {"queries": len(stream), "distinct": int(len(set(stream.tolist()))), "s": 1.1,
+            "hot_capacity": hot.capacity, "hot_hit_rate": hot.hit_rate,
+            "p50_ms_with_hot": _pct(with_hot, 50), "p50_ms_without_hot": _pct(without, 50),
+            "mean_ms_with_hot": float(np.mean(with_hot) * 1000),
+            "mean_ms_without_hot": float(np.mean(without) * 1000)}

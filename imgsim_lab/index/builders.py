@@ -37,12 +37,17 @@ def new_exact(dim: int) -> faiss.Index:
 
 
 def new_budget(dim: int, factory: str, sample: np.ndarray, kmeans_iter: int = 10) -> faiss.Index:
-    """A trained compressed index for ``factory`` (``[PCAd,]IVFn,codec``) from ``sample``."""
+    """A trained compressed index for ``factory`` from ``sample``.
+
+    ``factory`` is any string :func:`decisions.factory_parts` reads: ``[PCAd,][OPQm_d,]IVFn[_HNSWm],codec``
+    or ``[PCAd,]HNSWm_codec`` (a graph over codes, wrapped in an IDMap for store ids).
+    A leading PCA is computed with numpy (:func:`train_pca`), the rest by faiss.
+    """
     parts = factory.split(",")
     if parts[0].startswith("PCA"):
         d = int(parts[0][3:])
         pca = train_pca(sample[:PCA_SAMPLE], d)
-        inner = faiss.index_factory(d, ",".join(parts[1:]), METRIC)
+        inner = _inner(d, ",".join(parts[1:]))
         _set_iter(inner, kmeans_iter)
         inner.train(pca.apply(sample))
         index = faiss.IndexPreTransform(pca, inner)
@@ -50,10 +55,59 @@ def new_budget(dim: int, factory: str, sample: np.ndarray, kmeans_iter: int = 10
         # the Python objects must outlive the C++ references
         index.referenced_objects = [pca, inner]
         return index
-    index = faiss.index_factory(dim, factory, METRIC)
+    index = _inner(dim, factory)
     _set_iter(index, kmeans_iter)
     index.train(sample)
     return index
+
+
+#: OPQ rotation training: iterations and points (faiss' 50 x 256k take minutes on 1280-d).
+OPQ_NITER, OPQ_TRAIN_POINTS = 8, 16384
+
+
+def _inner(d: int, factory: str) -> faiss.Index:
+    if factory.startswith("HNSW"):
+        return faiss.index_factory(d, "IDMap," + factory, METRIC)
+    index = faiss.index_factory(d, factory, METRIC)
+    ivf = faiss.try_extract_index_ivf(index)
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        # polysemous training (codes ordered for Hamming filtering, by simulated annealing) took
+        # 42 s for 4 sub-quantizers here and is useless under an exact re-rank
+        ivf.do_polysemous_training = False
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(vt, faiss.OPQMatrix):
+                vt.niter, vt.max_train_points = OPQ_NITER, OPQ_TRAIN_POINTS
+    return index
+
+
+def search_params(index: faiss.Index, probe: int | None) -> faiss.SearchParameters | None:
+    """Search parameters setting ``probe`` (nprobe of an IVF, efSearch of a graph) through
+    every wrapper (pre-transforms, IDMap) of ``index``; ``None`` when nothing takes it."""
+    if probe is None:
+        return None
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_params(faiss.downcast_index(index.index), probe)
+        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return search_params(faiss.downcast_index(index.index), probe)
+    if faiss.try_extract_index_ivf(index) is not None:
+        return faiss.SearchParametersIVF(nprobe=int(probe))
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=int(probe))
+    return None
+
+
+def graph_of(index: faiss.Index) -> faiss.IndexHNSW | None:
+    """The HNSW graph inside a (pre-transformed, id-mapped) index, or ``None``."""
+    while True:
+        if isinstance(index, faiss.IndexHNSW):
+            return index
+        if isinstance(index, faiss.IndexPreTransform | faiss.IndexIDMap | faiss.IndexIDMap2):
+            index = faiss.downcast_index(index.index)
+            continue
+        return None
 
 
 @contextlib.contextmanager
@@ -144,7 +198,7 @@ def index_bytes(index: faiss.Index, mode: str, factory: str, n: int, dim: int) -
     """Memory held by the faiss index (codes, ids, quantizer, transform)."""
     if mode == "exact":
         return decisions.exact_index_bytes(n, dim)
-    return decisions.estimate_index_bytes(factory, n, dim)
+    return decisions.factory_bytes(factory, n, dim)
 
 
 def sample_vectors(store: Store, model: str, size: int, watermark: int, count: int,

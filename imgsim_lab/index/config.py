@@ -40,6 +40,11 @@ class IndexConfig:
     build_threads: int | None = None    # faiss threads while building; None: cores - 1 (reader)
     search_threads: int | None = 1      # faiss threads for one query (OpenMP fan-out costs more than it
                                         # saves for a single query on a shared box); None: faiss default
+    factory: str | None = None          # budget mode: force this faiss factory (None: tuned, else decided)
+    tuned: bool = True                  # budget mode: use the setting stored by `imgsim index tune`
+    auto_tune: bool = True              # budget mode: quick-tune nprobe/depth after a default build (> 20k)
+    tune_target: float = 0.99           # recall@10 target of the automatic quick tune
+    auto_tune_min_n: int = 20_000       # ... run only for collections larger than this
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "exact", "budget"):
@@ -52,7 +57,10 @@ class IndexConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that shape the built index (a snapshot built otherwise is stale)."""
         d = asdict(self)
-        return {k: d[k] for k in ("mode", "memory_budget", "nlist", "max_pca_dim", "hot_fraction")}
+        out = {k: d[k] for k in ("mode", "memory_budget", "nlist", "max_pca_dim", "hot_fraction")}
+        if self.factory is not None:  # only when forced or tuned: older snapshots stay valid
+            out["factory"] = self.factory
+        return out
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -160,7 +160,7 @@ def k_plus(k: int, margin: int, n_excluded: int = 0) -> int:
 
 def rerank_depth(k_fetch: int, factor: float, minimum: int = 64) -> int:
     """Candidates taken from the compressed index for exact re-ranking."""
-    return int(max(k_fetch, minimum, math.ceil(k_fetch * factor)))
+    return int(max(k_fetch, minimum, math.ceil(k_fetch * factor - 1e-9)))  # no float ceil creep
 
 
 def widen(k_fetch: int, available: int, growth: int = 4) -> int:
@@ -179,3 +179,208 @@ def hot_capacity(budget_bytes: int, index_bytes: int, dim: int, hot_fraction: fl
 def needs_retrain(n_now: int, n_trained: int, growth: float) -> bool:
     """Retrain when the collection grew past ``growth`` x the size it was trained at."""
     return n_trained > 0 and n_now > growth * n_trained
+
+
+# ------------------------------------------------------------------ tuning (autofaiss style)
+#: Collections above this many vectors get a quick tune of nprobe and re-rank depth after
+#: a default build (when no tuned setting is stored).
+AUTO_TUNE_MIN_N = 20_000
+#: Re-rank depths (candidates read from the store for k=10) and nprobe values tried by a tune.
+TUNE_DEPTHS = (50, 100, 200, 300, 400, 600, 800)
+TUNE_NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+#: HNSW efSearch values tried for HNSW graphs over codes.
+TUNE_EFS = (32, 64, 128, 256)
+
+
+def factory_parts(factory: str) -> dict:
+    """The pieces of a factory string we produce, as a dict.
+
+    ``pca`` (output dim or None), ``opq`` (``OPQm_d`` or None), ``nlist`` (None for a
+    graph), ``coarse_hnsw`` (M of an HNSW coarse quantizer or None), ``hnsw`` (M of an
+    HNSW graph over codes or None) and ``codec`` (``SQ8``, ``PQ64``, ``PQ320x4fs``, ...).
+    """
+    m = re.match(r"^(?:PCA(?:R)?(\d+),)?(?:(OPQ\d+(?:_\d+)?),)?"
+                 r"(?:IVF(\d+)(?:_HNSW(\d+))?,(\w+)|HNSW(\d+)_(\w+))$", factory)
+    if not m:
+        raise ValueError(f"unsupported factory {factory!r}")
+    pca, opq, nlist, chnsw, codec_ivf, hnsw, codec_hnsw = m.groups()
+    return {"pca": int(pca) if pca else None, "opq": opq, "nlist": int(nlist) if nlist else None,
+            "coarse_hnsw": int(chnsw) if chnsw else None, "hnsw": int(hnsw) if hnsw else None,
+            "codec": codec_ivf or codec_hnsw}
+
+
+def _codec_bytes(codec: str, d: int) -> int:
+    if codec == "SQ8":
+        return d
+    if codec == "SQ4":
+        return (d + 1) // 2
+    if codec in ("SQfp16", "SQbf16"):
+        return 2 * d
+    if codec == "Flat":
+        return 4 * d
+    pq = re.match(r"^PQ(\d+)(?:x(\d+))?(fs)?$", codec)
+    if pq:
+        return -(-int(pq.group(1)) * int(pq.group(2) or 8) // 8)
+    raise ValueError(f"unsupported codec {codec!r}")
+
+
+def factory_code_bytes(factory: str, dim: int) -> int:
+    """Bytes of one code (without id or graph links) for any factory :func:`factory_parts` reads."""
+    p = factory_parts(factory)
+    d = p["pca"] or dim
+    if p["opq"]:
+        om = re.match(r"OPQ\d+(?:_(\d+))?", p["opq"])
+        d = int(om.group(1)) if om.group(1) else d
+    return _codec_bytes(p["codec"], d)
+
+
+def factory_bytes(factory: str, n: int, dim: int) -> int:
+    """Memory of an index built from ``factory`` over ``n`` vectors (codes, ids, links, tables).
+
+    Graph links of an HNSW over codes: 2·M int32 neighbours on level 0 plus ~M/(M-1)·M/M on
+    the upper levels, rounded to 2·M·4·1.05 bytes; its ids go through an IDMap (8 bytes).
+    """
+    p = factory_parts(factory)
+    d_in = p["pca"] or dim
+    transform = (dim * d_in + dim) * 4 if p["pca"] else 0
+    d_codes = d_in
+    if p["opq"]:
+        om = re.match(r"OPQ\d+(?:_(\d+))?", p["opq"])
+        d_codes = int(om.group(1)) if om.group(1) else d_in
+        transform += d_in * d_codes * 4
+    per = factory_code_bytes(factory, dim) + ID_BYTES
+    fixed = transform + 2 * d_codes * 4
+    if p["hnsw"]:
+        per += int(2 * p["hnsw"] * 4 * 1.05)
+    else:
+        fixed += p["nlist"] * d_codes * 4
+        if p["coarse_hnsw"]:
+            fixed += int(p["nlist"] * 2 * p["coarse_hnsw"] * 4 * 1.05)
+    if re.match(r"^PQ\d+", p["codec"]):
+        m = int(re.match(r"^PQ(\d+)", p["codec"]).group(1))
+        nbits = int((re.match(r"^PQ\d+x(\d+)", p["codec"]) or re.match(r"()", "")).group(1) or 8)
+        fixed += m * (1 << nbits) * (d_codes // max(m, 1)) * 4
+    return int(n) * per + fixed
+
+
+def supports_removal(factory: str) -> bool:
+    """Whether faiss can remove ids from this index (HNSW graphs cannot: deletes need a rebuild)."""
+    return factory_parts(factory)["hnsw"] is None
+
+
+def candidate_factories(n: int, dim: int, index_budget: int, removable_only: bool = False,
+                        quick: bool = False) -> list[str]:
+    """The compressed indexes a tune measures, each fitting ``index_budget`` bytes.
+
+    Levers: the PCA output (or none), the number of IVF lists (sqrt(n) and 4·sqrt(n)),
+    an HNSW coarse quantizer for the larger list counts, SQ8 against OPQ+PQ, fast-scan
+    PQ on the raw vectors, and HNSW graphs over SQ8 codes (no removal: only when
+    ``removable_only`` is false). ``quick`` keeps the PCA + IVF + SQ8 family only.
+    """
+    base = nlist_for(n)
+    nlists = sorted({base, min(base * 4, max(base, n // MIN_POINTS_PER_CENTROID))})
+    pcas = [d for d in (128, 192, 256, 384) if d < dim] or [dim]
+    out: list[str] = []
+    for d in pcas:
+        for nl in nlists:
+            out.append(f"PCA{d},IVF{nl},SQ8" if d < dim else f"IVF{nl},SQ8")
+    if dim <= 512:
+        out += [f"IVF{nl},SQ8" for nl in nlists]
+    if not quick:
+        big = nlists[-1]
+        d = 256 if dim > 256 else dim
+        pre = f"PCA{d}," if d < dim else ""
+        out.append(f"{pre}IVF{big}_HNSW32,SQ8")
+        for m in (64, 128):
+            if m <= d and d % m == 0:
+                out.append(f"OPQ{m}_{d},IVF{base},PQ{m}")
+        if dim % 4 == 0:
+            out.append(f"IVF{big},PQ{dim // 4}x4fs")
+        if not removable_only:
+            for dd, m in ((128, 32), (256, 16)):
+                if dd < dim:
+                    out.append(f"PCA{dd},HNSW{m}_SQ8")
+    seen: set[str] = set()
+    fits = []
+    for f in out:
+        if f not in seen and factory_bytes(f, n, dim) <= index_budget:
+            seen.add(f)
+            fits.append(f)
+    return fits
+
+
+def candidate_probes(factory: str) -> list[int]:
+    """nprobe (IVF) or efSearch (HNSW over codes) values a tune tries for ``factory``."""
+    p = factory_parts(factory)
+    if p["hnsw"]:
+        return list(TUNE_EFS)
+    return [x for x in TUNE_NPROBES if x <= p["nlist"]] or [p["nlist"]]
+
+
+def rerank_for(depth: int, k: int = 10, margin: int = 10, n_excluded: int = 1) -> tuple[int, float]:
+    """``(rerank_min, rerank_factor)`` that give ``depth`` candidates for a k-query, scaling with k."""
+    kp = k_plus(k, margin, n_excluded)
+    return int(depth), max(1.0, float(depth) / kp)
+
+
+def pick_fastest(rows: list[dict], target_recall: float, key: str = "recall_at_10") -> dict | None:
+    """The fastest row (``p50_ms``) whose ``key`` meets ``target_recall``; else the most accurate.
+
+    Rows without a ``p50_ms`` are ignored. The returned row carries ``meets_target``.
+    """
+    timed = [r for r in rows if r.get("p50_ms") is not None]
+    if not timed:
+        return None
+    ok = [r for r in timed if r[key] >= target_recall]
+    if ok:
+        best = min(ok, key=lambda r: (r["p50_ms"], -r[key]))
+        return {**best, "meets_target": True}
+    best = max(timed, key=lambda r: (r[key], -r["p50_ms"]))
+    return {**best, "meets_target": False}
+
+
+def frontier(recalls: dict[tuple[int, int], float], target_recall: float) -> list[tuple[int, int]]:
+    """For each probe value, the smallest re-rank depth meeting ``target_recall`` (the settings
+    worth timing: latency grows with both); probes whose deepest depth misses the target are
+    kept at that deepest depth only if no probe meets it at all.
+
+    ``recalls`` maps ``(probe, depth)`` to recall@10.
+    """
+    probes = sorted({p for p, _ in recalls})
+    out = []
+    for p in probes:
+        depths = sorted(d for q, d in recalls if q == p)
+        ok = [d for d in depths if recalls[(p, d)] >= target_recall]
+        if ok:
+            out.append((p, ok[0]))
+    if out:
+        # a larger probe only pays if it allows a smaller depth
+        pruned, best_depth = [], None
+        for p, d in out:
+            if best_depth is None or d < best_depth:
+                pruned.append((p, d))
+                best_depth = d
+        return pruned
+    best = max(recalls, key=lambda pd: (recalls[pd], -pd[0], -pd[1]))
+    return [best]
+
+
+def should_auto_tune(n: int, mode: str, has_setting: bool, threshold: int = AUTO_TUNE_MIN_N) -> bool:
+    """A default budget build tunes itself once its collection is large enough."""
+    return mode == "budget" and not has_setting and n > threshold
+
+
+def setting_fits(factory: str, n: int, dim: int, index_budget: int, slack: float = 1.1) -> bool:
+    """A stored (tuned) factory is used only while it fits the budget (with 10 % growth slack)."""
+    try:
+        return factory_bytes(factory, n, dim) <= index_budget * slack
+    except ValueError:
+        return False
+
+
+def with_margin(target_recall: float, queries: int, k: int = 10, z: float = 1.0) -> float:
+    """The recall a tune requires on its held-out queries so the target holds on fresh ones:
+    ``target + z`` standard errors of a recall@k measured over ``queries`` queries (capped at 1)."""
+    t = min(max(float(target_recall), 0.0), 1.0)
+    se = math.sqrt(t * (1 - t) / max(1, k * int(queries)))
+    return min(1.0, t + z * se)

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgsim_lab.index import builders, decisions, plan
+from imgsim_lab.index import builders, decisions, plan, tune
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.config import Hit, IndexConfig
 from imgsim_lab.index.hotset import HotSet
@@ -104,6 +104,8 @@ class SimilarityIndex:
         self.model = model_key
         self.config = config or IndexConfig()
         self.dim = store.model_dim(model_key)
+        self.config = tune.config_for(store, model_key, self.config, self.dim)  # stored tuned setting
+        self.config = tune.config_for(store, model_key, self.config, self.dim)  # stored tuned setting
         self.directory = Path(self.config.snapshot_dir) if self.config.snapshot_dir else \
             snap.default_dir(snap.store_identity(store), store.namespace, model_key)
         configure_threads(self.config.build_threads)
@@ -252,6 +254,7 @@ class SimilarityIndex:
             st = self._build()
             self._publish(st)
             self._dirty = True
+            tune.after_rebuild(self)  # once, for a default build of > 20k vectors (timed apart)
             if self.config.autosave:
                 self.save()
 
@@ -277,14 +280,16 @@ class SimilarityIndex:
                 if n:  # none (or the model is gone with a flush): nothing to read
                     chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, chunk))
             else:
-                nlist = self.config.nlist or decisions.nlist_for(n)
+                nlist = (decisions.factory_parts(self.config.factory)["nlist"] if self.config.factory
+                         else None) or self.config.nlist or decisions.nlist_for(n)
                 index_budget = int(budget * (1 - self.config.hot_fraction))
                 size = decisions.training_size(n, nlist, self.config.train_min)
                 sample = builders.sample_vectors(self.store, self.model, size, upto, n)
                 timings["sample"] = time.perf_counter() - t0
                 if len(sample) < nlist:
                     nlist = max(1, len(sample) // decisions.MIN_POINTS_PER_CENTROID)
-                factory = decisions.budget_factory(n, self.dim, index_budget, nlist, self.config.max_pca_dim)
+                factory = self.config.factory or decisions.budget_factory(
+                    n, self.dim, index_budget, nlist, self.config.max_pca_dim)
                 # start reading now: the first chunks arrive while the index trains
                 chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, chunk))
                 index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
@@ -302,6 +307,7 @@ class SimilarityIndex:
         hot = old.hot.resized(cap) if old.epoch == epoch and old.hot.capacity else HotSet(cap, self.dim)
         self.last_rebuild_s = time.perf_counter() - t0
         self.last_rebuild_timings = {**timings, "total": self.last_rebuild_s}
+        tune.after_rebuild(self)  # once, for a default build of > 20k vectors (timed apart)
         log.info("index %s/%s: built %s over %d vectors in %.2fs (%.0f vectors/s; %s; budget %d bytes)",
                  self.store.namespace, self.model, factory, len(ids), self.last_rebuild_s,
                  len(ids) / max(self.last_rebuild_s, 1e-9),
@@ -507,9 +513,7 @@ class SimilarityIndex:
     def _budget_candidates(self, st: IndexState, q: np.ndarray, k_fetch: int,
                            round_: int) -> tuple[np.ndarray, np.ndarray]:
         depth = self._depth(st, k_fetch)
-        params = faiss.SearchParametersIVF(nprobe=self._probe(st, round_)[0])
-        if isinstance(st.index, faiss.IndexPreTransform):
-            params = faiss.SearchParametersPreTransform(index_params=params)
+        params = builders.search_params(st.index, self._probe(st, round_)[0])  # through OPQ/PCA wrappers
         with self._rw.read():
             return st.index.search(q, depth, params=params)
 

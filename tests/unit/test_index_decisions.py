@@ -156,3 +156,121 @@ def test_hot_set_stays_bounded_and_resizes():
     assert hot.lookup(np.array([0, 1, 2]))[0].all()  # the three frequent ids stay cached
     small = hot.resized(2)
     assert len(small) == 2 and small.lookup(np.array([0, 1, 2]))[0].sum() == 2
+
+
+# ---------------------------------------------------------------- tuning decisions
+def test_factory_parts_reads_every_family():
+    assert dec.factory_parts("PCA256,IVF1024,SQ8") == {"pca": 256, "opq": None, "nlist": 1024,
+                                                        "coarse_hnsw": None, "hnsw": None, "codec": "SQ8"}
+    assert dec.factory_parts("PCA256,IVF1024_HNSW32,SQ8")["coarse_hnsw"] == 32
+    assert dec.factory_parts("OPQ64_256,IVF256,PQ64")["opq"] == "OPQ64_256"
+    assert dec.factory_parts("PCA128,HNSW32_SQ8")["hnsw"] == 32
+    assert dec.factory_parts("IVF1024,PQ320x4fs")["codec"] == "PQ320x4fs"
+    with pytest.raises(ValueError):
+        dec.factory_parts("Flat")
+    assert dec.factory_code_bytes("OPQ64_256,IVF256,PQ64", 1280) == 64
+    assert dec.factory_code_bytes("IVF1024,PQ320x4fs", 1280) == 160
+    assert dec.factory_code_bytes("PCA256,IVF1024_HNSW32,SQ8", 1280) == 256
+
+
+def test_factory_bytes_counts_links_and_tables():
+    n, dim = 50_000, 1280
+    flat_codes = dec.factory_bytes("PCA128,IVF256,SQ8", n, dim)
+    assert flat_codes == dec.estimate_index_bytes("PCA128,IVF256,SQ8", n, dim)
+    graph = dec.factory_bytes("PCA128,HNSW32_SQ8", n, dim)
+    assert graph - flat_codes > n * 2 * 32 * 4 * 0.9  # level-0 links dominate the difference
+    assert dec.factory_bytes("PCA256,IVF1024_HNSW32,SQ8", n, dim) > \
+        dec.factory_bytes("PCA256,IVF1024,SQ8", n, dim)
+    assert not dec.supports_removal("PCA128,HNSW32_SQ8") and dec.supports_removal("PCA128,IVF256,SQ8")
+
+
+@pytest.mark.parametrize("n,dim,fraction", [(50_000, 1280, 0.1), (1_000_000, 1280, 0.1), (20_000, 256, 0.3),
+                                            (200_000, 512, 0.05)])
+def test_candidates_fit_the_budget_and_are_unique(n, dim, fraction):
+    budget = int(fraction * n * dim * 4)
+    c = dec.candidate_factories(n, dim, budget)
+    assert c and len(c) == len(set(c))
+    assert all(dec.factory_bytes(f, n, dim) <= budget for f in c)
+    quick = dec.candidate_factories(n, dim, budget, quick=True)
+    assert set(quick) <= set(c) and all("SQ8" in f and "HNSW" not in f for f in quick)
+    assert all(dec.supports_removal(f) for f in dec.candidate_factories(n, dim, budget, removable_only=True))
+
+
+def test_candidate_levers_at_50k_real_budget():
+    c = dec.candidate_factories(50_000, 1280, int(0.1 * 50_000 * 1280 * 4))
+    assert {"PCA256,IVF256,SQ8", "PCA384,IVF1024,SQ8", "PCA256,IVF1024_HNSW32,SQ8",
+            "OPQ64_256,IVF256,PQ64", "PCA128,HNSW32_SQ8"} <= set(c)
+    assert dec.candidate_probes("PCA128,IVF256,SQ8")[-1] == 256
+    assert dec.candidate_probes("PCA128,IVF64,SQ8") == [8, 16, 24, 32, 48, 64]
+    assert dec.candidate_probes("PCA128,HNSW32_SQ8") == list(dec.TUNE_EFS)
+
+
+def test_frontier_keeps_the_cheapest_depth_per_probe():
+    rng = np.random.default_rng(0)
+    probes, depths = [8, 16, 32, 64], [50, 100, 200, 400]
+    # recall grows with both levers, like a real index
+    recalls = {(p, d): min(1.0, 0.9 + 0.02 * np.log2(p / 8) + 0.025 * np.log2(d / 50) + rng.uniform(0, 1e-3))
+               for p in probes for d in depths}
+    f = dec.frontier(recalls, 0.97)
+    assert f, "some setting reaches 0.97"
+    assert all(recalls[pd] >= 0.97 for pd in f)
+    ds = [d for _, d in f]
+    assert ds == sorted(ds, reverse=True) and len(set(ds)) == len(ds)  # more probes only for less depth
+    for p, d in f:  # the smallest depth that meets the target at that probe
+        assert all(recalls[(p, e)] < 0.97 for e in depths if e < d)
+    unreachable = dec.frontier(recalls, 1.5)
+    assert unreachable == [max(recalls, key=lambda k: (recalls[k], -k[0], -k[1]))]
+
+
+def test_pick_fastest_meeting_the_target():
+    rows = [{"recall_at_10": 0.995, "p50_ms": 2.0}, {"recall_at_10": 0.991, "p50_ms": 1.5},
+            {"recall_at_10": 0.97, "p50_ms": 0.5}, {"recall_at_10": 0.999, "p50_ms": None}]
+    best = dec.pick_fastest(rows, 0.99)
+    assert best["p50_ms"] == 1.5 and best["meets_target"]
+    miss = dec.pick_fastest(rows, 0.999)  # the untimed row does not count
+    assert miss["recall_at_10"] == 0.995 and not miss["meets_target"]
+    assert dec.pick_fastest([{"recall_at_10": 1.0, "p50_ms": None}], 0.5) is None
+
+
+def test_rerank_for_gives_the_depth_at_k10_and_scales():
+    rmin, rfac = dec.rerank_for(300)
+    kp = dec.k_plus(10, 10, 1)
+    assert dec.rerank_depth(kp, rfac, rmin) == 300
+    assert dec.rerank_depth(dec.k_plus(100, 10, 1), rfac, rmin) > 1000  # k=100 re-ranks deeper
+    assert dec.rerank_for(5) == (5, 1.0)
+    for depth in range(21, 2000):  # 23 / 21 * 21 is 23.000000000000004: no ceiling creep
+        assert dec.rerank_depth(kp, *reversed(dec.rerank_for(depth))) == depth
+
+
+def test_auto_tune_and_setting_fit_rules():
+    assert dec.should_auto_tune(20_001, "budget", False)
+    assert not dec.should_auto_tune(20_000, "budget", False)
+    assert not dec.should_auto_tune(50_000, "exact", False)
+    assert not dec.should_auto_tune(50_000, "budget", True)
+    b = dec.factory_bytes("PCA256,IVF256,SQ8", 50_000, 1280)
+    assert dec.setting_fits("PCA256,IVF256,SQ8", 50_000, 1280, b)
+    assert not dec.setting_fits("PCA256,IVF256,SQ8", 100_000, 1280, b)  # the collection doubled
+    assert not dec.setting_fits("nonsense", 10, 10, 10**9)
+
+
+def test_search_params_reach_through_wrappers():
+    from imgsim_lab.index.builders import graph_of, search_params
+
+    x = generate(SyntheticSpec(dim=32, seed=3), 0, 1500)
+    faiss.omp_set_num_threads(1)  # OpenMP barriers crawl on a loaded 2-core box
+    for f in ("PCA16,IVF16,SQ8", "PCA16,HNSW8_SQ8", "IVF16_HNSW8,SQ8", "IVF16,PQ8x4fs"):
+        idx = new_budget(32, f, x[:1000])
+        idx.add_with_ids(x, np.arange(len(x), dtype=np.int64) + 100)
+        wide = idx.search(x[:20], 10, params=search_params(idx, 16 if "IVF" in f else 64))[1]
+        narrow = idx.search(x[:20], 10, params=search_params(idx, 1 if "IVF" in f else 10))[1]
+        assert (wide >= 100).all(), f
+        assert np.mean([i + 100 in row for i, row in enumerate(wide)]) >= 0.9, f  # a vector finds itself
+        if "IVF" in f:
+            assert not np.array_equal(wide, narrow), f  # the probe really reached the index
+        assert (graph_of(idx) is not None) == ("HNSW8_SQ8" in f)
+
+
+def test_tune_margin_shrinks_with_more_queries():
+    assert dec.with_margin(0.99, 500) == pytest.approx(0.99 + (0.99 * 0.01 / 5000) ** 0.5)
+    assert dec.with_margin(0.99, 50) > dec.with_margin(0.99, 500) > 0.99
+    assert dec.with_margin(1.0, 10) == 1.0 and dec.with_margin(0.5, 10**9) == pytest.approx(0.5, abs=1e-4)
