@@ -15,7 +15,7 @@ help:
 	@echo "make experiments - run experiments/cifar10_models.yaml and cifar10_index.yaml"
 	@echo "make test   - set up .venv and system packages, then run the whole test suite"
 	@echo "make app    - serve the search app as a web page with Voila"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff, import layers (import-linter), dead code (vulture)"
 
 venv: $(STAMP)
 
@@ -35,8 +35,12 @@ $(APT_STAMP): scripts/install_system_deps.sh | $(STAMP)
 	bash scripts/install_system_deps.sh
 	@touch $(APT_STAMP)
 
+# ruff, the import layers (import-linter) and dead code (vulture, with vulture_allowlist.py)
+LINT = $(PY) -m ruff check imgsim_lab tests scripts && $(VENV)/bin/lint-imports pyproject.toml \
+	&& $(VENV)/bin/vulture imgsim_lab scripts tests vulture_allowlist.py --min-confidence 60
+
 test: $(STAMP) $(APT_STAMP)
-	$(PY) -m ruff check imgsim_lab tests scripts
+	$(LINT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # make demo          - default CIFAR-10 experiment (5,000 database / 1,000 queries)
@@ -54,4 +58,4 @@ app: $(STAMP)
 	$(VENV)/bin/imgsim app
 
 lint: $(STAMP)
-	$(PY) -m ruff check imgsim_lab tests scripts
+	$(LINT)

@@ -27,7 +27,7 @@ from PIL import Image
 from imgsim_lab import config
 from imgsim_lab.datasets import Located, locate
 from imgsim_lab.images import ImageRejected, Limits, decode, safe_name, sha256_hex
-from imgsim_lab.messages import describe_rejection, megabytes
+from imgsim_lab.messages import describe_rejection
 from imgsim_lab.search import QueryResult, Searcher
 from imgsim_lab.store import NewImage, Store, StoreError, StoreLockedError, open_store, parse_url
 
@@ -375,10 +375,6 @@ class SearchSession:
                 self._thumbs.clear()
             self._thumbs[image_id] = thumb
         return self._thumbs[image_id]
-
-    def upload_limit_text(self, transport_max: int) -> str:
-        """The largest file the app takes, in MB."""
-        return megabytes(min(self.limits.max_bytes, transport_max))
 
     def close(self) -> None:
         """Release the store."""

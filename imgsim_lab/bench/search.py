@@ -21,7 +21,6 @@ import faiss
 import numpy as np
 
 from imgsim_lab.bench import _peers
-from imgsim_lab.cli._common import add_store_args
 from imgsim_lab.index import IndexConfig, SimilarityIndex, tune
 from imgsim_lab.index.synthetic import SyntheticSpec, neighbour_similarity, write_to_store
 from imgsim_lab.store import open_store
@@ -36,8 +35,11 @@ K100 = 100
 BIG_BYTES = 2 << 30
 
 
+#: The CLI adds ``--kv`` and ``--namespace`` (this module never imports the CLI).
+STORE_ARGS = True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_store_args(parser)
     parser.add_argument("--model", default=None, help="model key of ingested vectors")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help="write N seeded synthetic vectors to the store and use them")

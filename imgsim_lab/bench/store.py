@@ -28,7 +28,6 @@ import uuid
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgsim_lab.cli._common import add_store_args
 from imgsim_lab.store import NewImage, Store, StoreError, open_store
 
 NAME = "store"
@@ -39,8 +38,11 @@ RATIO_FIELDS = ("bulk_write_per_s", "bulk_read_per_s", "naive_write_per_s", "nai
                 "bulk_write_cpu_bound_mb_per_s", "bulk_read_cpu_bound_mb_per_s")
 
 
+#: The CLI adds ``--kv`` and ``--namespace`` (this module never imports the CLI).
+STORE_ARGS = True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_store_args(parser)
     parser.add_argument("--n", type=int, default=60000, help="vectors (default 60000)")
     parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
     parser.add_argument("--naive-n", type=int, default=None,

@@ -1,7 +1,8 @@
 """``imgsim bench <name>``: benchmarks that print machine-readable JSON.
 
 Each benchmark is one module of :mod:`imgsim_lab.bench` defining ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> dict``. Only the benchmark asked for is
+``add_arguments(parser)`` and ``run(args) -> dict`` (``STORE_ARGS = True``: this module adds
+``--kv``/``--namespace``; bench modules never import the CLI). Only the benchmark asked for is
 imported (``bench store`` does not load torch): its arguments are parsed when it runs.
 """
 
@@ -12,6 +13,7 @@ import importlib
 import pkgutil
 
 from imgsim_lab import bench
+from imgsim_lab.cli._common import add_store_args
 from imgsim_lab.jsonio import dumps, write_json
 
 NAME = "bench"
@@ -34,6 +36,8 @@ def benchmark_parser(name: str):
     mod = importlib.import_module(f"{bench.__name__}.{name}")
     p = argparse.ArgumentParser(prog=f"imgsim bench {mod.NAME}", description=mod.HELP)
     mod.add_arguments(p)
+    if getattr(mod, "STORE_ARGS", False):
+        add_store_args(p)
     p.add_argument("--json", dest="json_out", metavar="OUT", default=None,
                    help="also write the JSON result to this file")
     return p, mod

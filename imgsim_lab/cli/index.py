@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import json
 
-from imgsim_lab.cli._common import add_store_args, write_json
+from imgsim_lab.cli._common import add_store_args
+from imgsim_lab.jsonio import write_json
 
 NAME = "index"
 HELP = "tune the memory-budgeted index to a recall target (stored in the store), or show it"
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
               f"{c.recall_at_10:.4f} ({verdict} {c.target_recall}), p50 {c.p50_ms:.2f} ms"
               + ("" if args.dry_run else f"; stored under {result.info['saved_to']}"))
         if args.json_out:
-            write_json(result.to_dict(), args.json_out)
+            write_json(args.json_out, result.to_dict())
         return 0 if c.meets_target else 1
     finally:
         store.close()

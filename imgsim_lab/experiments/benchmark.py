@@ -169,7 +169,7 @@ def evaluate_model(store, model, params: BenchmarkParams, queries: list[ImageIte
     t0 = time.perf_counter()
     hits = index.search_batch(qvecs, k=params.k)
     batch_s = time.perf_counter() - t0
-    idx_ids, idx_scores = _pad_hits(hits, params.k)
+    idx_ids, _ = _pad_hits(hits, params.k)
     id_to_code = dict(zip(ids.tolist(), db_codes.tolist(), strict=True))
     idx_labels = np.vectorize(lambda i: id_to_code.get(int(i), ev.PAD), otypes=[np.int64])(idx_ids) \
         if idx_ids.size else idx_ids

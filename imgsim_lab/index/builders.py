@@ -6,13 +6,7 @@ releases the GIL) encodes the previous chunk, so reading and encoding overlap.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import glob
 import logging
-import os
-import queue
-import threading
 from collections.abc import Iterator
 
 import faiss
@@ -21,6 +15,7 @@ from tqdm.auto import tqdm
 
 from imgsim_lab.index import decisions
 from imgsim_lab.store import Store
+from imgsim_lab.threads import blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -110,50 +105,12 @@ def graph_of(index: faiss.Index) -> faiss.IndexHNSW | None:
         return None
 
 
-@contextlib.contextmanager
-def numpy_blas_threads(n: int) -> Iterator[None]:
-    """Temporarily limit numpy's bundled OpenBLAS to ``n`` threads (best effort, else no-op).
-
-    On a busy 2-core machine a threaded OpenBLAS spin-waits: the PCA's covariance took
-    7-19 s with the default threads and 1.3 s with one.
-    """
-    lib = _numpy_openblas()
-    if lib is None:
-        yield
-        return
-    before = lib.scipy_openblas_get_num_threads64_()
-    lib.scipy_openblas_set_num_threads64_(int(n))
-    try:
-        yield
-    finally:
-        lib.scipy_openblas_set_num_threads64_(before)
-
-
-_OPENBLAS: list = []
-
-
-def _numpy_openblas() -> ctypes.CDLL | None:
-    if not _OPENBLAS:
-        lib = None
-        libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas64_*.so"))
-        if libs:
-            try:
-                cand = ctypes.CDLL(libs[0])
-                cand.scipy_openblas_get_num_threads64_  # noqa: B018 - probe the symbols
-                cand.scipy_openblas_set_num_threads64_.argtypes = [ctypes.c_int]
-                lib = cand
-            except (OSError, AttributeError):
-                lib = None
-        _OPENBLAS.append(lib)
-    return _OPENBLAS[0]
-
-
 def train_pca(sample: np.ndarray, d_out: int) -> faiss.PCAMatrix:
     """A faiss PCAMatrix computed with numpy (float32 covariance + eigh: ~5x faster than faiss')."""
     x = np.asarray(sample, np.float32)
     mean = x.mean(0)
     xc = x - mean
-    with numpy_blas_threads(max(1, faiss.omp_get_max_threads())):
+    with blas_threads(max(1, faiss.omp_get_max_threads())):
         cov = (xc.T @ xc) / np.float32(max(len(x) - 1, 1))
         evals, evecs = np.linalg.eigh(cov)
     order = np.argsort(evals)[::-1][:d_out]
@@ -222,56 +179,6 @@ def sample_vectors(store: Store, model: str, size: int, watermark: int, count: i
             break
     x = np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
     return x[rng.permutation(len(x))[:size]]
-
-
-class Prefetch:
-    """Iterate ``it`` on a background thread, at most ``depth`` items ahead.
-
-    The thread starts at construction, so the store can be read while the caller
-    trains (faiss releases the GIL). Close it (or exhaust it) to stop the thread.
-    """
-
-    _DONE = object()
-
-    def __init__(self, it: Iterator, depth: int = 4) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._error: list[BaseException] = []
-        self._thread = threading.Thread(target=self._work, args=(it,), name="index-prefetch", daemon=True)
-        self._thread.start()
-
-    def _work(self, it: Iterator) -> None:
-        try:
-            for item in it:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            self._error.append(exc)
-        finally:
-            self._q.put(self._DONE)
-
-    def __iter__(self) -> Iterator:
-        try:
-            while (item := self._q.get()) is not self._DONE:
-                yield item
-        finally:
-            self.close()
-        if self._error:
-            raise self._error[0]
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._q.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
 
 def stream_into(index: faiss.Index, chunks: Iterator[tuple[np.ndarray, np.ndarray]], upto_id: int,

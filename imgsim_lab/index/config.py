@@ -38,8 +38,6 @@ class IndexConfig:
     chunk_size: int = 16384             # vectors per chunk when streaming from the store
     autosave: bool = True               # save the snapshot after a (re)build or a catch-up that changed it
     build_threads: int | None = None    # faiss threads while building; None: cores - 1 (reader)
-    search_threads: int | None = 1      # faiss threads for one query (OpenMP fan-out costs more than it
-                                        # saves for a single query on a shared box); None: faiss default
     factory: str | None = None          # budget mode: force this faiss factory (None: tuned, else decided)
     tuned: bool = True                  # budget mode: use the setting stored by `imgsim index tune`
     auto_tune: bool = True              # budget mode: quick-tune nprobe/depth after a default build (> 20k)

@@ -29,6 +29,7 @@ from imgsim_lab.index.config import Hit, IndexConfig
 from imgsim_lab.index.hotset import HotSet
 from imgsim_lab.index.plan import IndexFacts, Step, StoreFacts
 from imgsim_lab.index.rwlock import RWLock
+from imgsim_lab.pipeline import Prefetched, prefetch
 from imgsim_lab.store import Store
 
 log = logging.getLogger(__name__)
@@ -258,10 +259,14 @@ class SimilarityIndex:
             if self.config.autosave:
                 self.save()
 
+    def _read_ahead(self, chunk: int) -> Prefetched:
+        """Every stored vector of the model, read on a background thread while the caller trains."""
+        return prefetch(self.store.iter_embeddings(self.model, 0, chunk), 4, name="index-prefetch")
+
     def _build(self) -> IndexState:
         """A new state from the store: choose the mode, train on a sample (budget), add in chunks."""
         t0 = time.perf_counter()
-        chunks: builders.Prefetch | None = None
+        chunks: Prefetched | None = None
         timings: dict[str, float] = {}
         try:
             self.store.refresh()
@@ -278,7 +283,7 @@ class SimilarityIndex:
                 factory = EXACT_FACTORY
                 index = builders.new_exact(self.dim)
                 if n:  # none (or the model is gone with a flush): nothing to read
-                    chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, chunk))
+                    chunks = self._read_ahead(chunk)
             else:
                 nlist = (decisions.factory_parts(self.config.factory)["nlist"] if self.config.factory
                          else None) or self.config.nlist or decisions.nlist_for(n)
@@ -291,7 +296,7 @@ class SimilarityIndex:
                 factory = self.config.factory or decisions.budget_factory(
                     n, self.dim, index_budget, nlist, self.config.max_pca_dim)
                 # start reading now: the first chunks arrive while the index trains
-                chunks = builders.Prefetch(self.store.iter_embeddings(self.model, 0, chunk))
+                chunks = self._read_ahead(chunk)
                 index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
                 timings["train"] = time.perf_counter() - t0 - timings["sample"]
             ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}") \

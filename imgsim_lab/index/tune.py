@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from imgsim_lab.index import builders, decisions
 from imgsim_lab.index.config import IndexConfig
+from imgsim_lab.pipeline import prefetch
 from imgsim_lab.store import Store
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def held_out(store: Store, model: str, n_queries: int, seed: int,
     all_ids = all_ids[have]
     qids = np.sort(np.random.default_rng(seed).choice(all_ids, min(n_queries, len(all_ids)), replace=False))
     qids, q = store.get_embeddings(model, qids)
-    truth = exact_truth(q, qids, builders.Prefetch(store.iter_embeddings(model, 0, 16384)))
+    truth = exact_truth(q, qids, prefetch(store.iter_embeddings(model, 0, 16384), 4, name="index-prefetch"))
     return HeldOut(qids, q, truth)
 
 
@@ -278,7 +279,7 @@ def build(store: Store, model: str, factory: str, n: int, kmeans_iter: int = 10,
     if decisions.factory_parts(factory)["opq"] or "PQ" in factory:
         size = max(size, min(n, 32768))
     sample = builders.sample_vectors(store, model, size, upto, n, seed=seed)
-    chunks = builders.Prefetch(store.iter_embeddings(model, 0, 16384))
+    chunks = prefetch(store.iter_embeddings(model, 0, 16384), 4, name="index-prefetch")
     try:
         index = builders.new_budget(store.model_dim(model), factory, sample, kmeans_iter)
         builders.stream_into(index, chunks, upto, total=n, desc=f"tune {factory}")

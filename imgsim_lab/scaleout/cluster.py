@@ -132,8 +132,6 @@ def close_shared_clients() -> None:
         _SHARED.clear()
 
 
-def worker_count(client) -> int:  # noqa: ANN001
-    return len(client.scheduler_info().get("workers", {}))
 
 
 def dask_address_arg(text: str) -> str:

@@ -306,10 +306,6 @@ class Store(ABC):
         """Values of plain string keys (hash claims, embeddings, counters)."""
 
     @abstractmethod
-    def raw_record(self, image_id: int) -> dict | None:
-        """The record's stored fields, unparsed (``None`` when absent)."""
-
-    @abstractmethod
     def raw_delete(self, keys: Sequence[str]) -> int:
         """Delete keys; returns how many existed."""
 

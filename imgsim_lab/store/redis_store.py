@@ -105,7 +105,6 @@ class RespStore(Store):
         self.backend = "redis" if self._t.single else "redis-cluster"
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._leased = False
-        self._maint_token: str | None = None
         k = self.keys
         self._inflight = f"{k.ns}:inflight{{{k.seq}}}"  # same slot as <ns>:seq
 
@@ -643,14 +642,6 @@ class RespStore(Store):
         return [None if isinstance(v, Exception) else v
                 for v in self._t.run([(key, pack(["GET", key])) for key in keys], raise_errors=False)]
 
-    def raw_record(self, image_id: int) -> dict | None:
-        key = self.keys.img(image_id)
-        f = self._t.run([(key, pack(["HGETALL", key]))], raise_errors=False)[0]
-        if isinstance(f, Exception):
-            return {"_raw": "wrong type"}
-        return {a.decode("utf-8", "replace"): b.decode("utf-8", "replace")
-                for a, b in _pairs(f).items()} or None
-
     def raw_delete(self, keys: Sequence[str]) -> int:
         self._check_writable()
         return sum(int(r) for r in self._get_all(list(keys), "DEL")) if keys else 0
@@ -659,7 +650,3 @@ class RespStore(Store):
         self._check_writable()
         self._t.command("SET", key, value)
 
-
-#: The former names (single node, cluster): one class now.
-RedisStore = RespStore
-RedisClusterStore = RespStore

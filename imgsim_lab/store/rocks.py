@@ -437,10 +437,6 @@ class RocksStore(Store):
     def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
         return self._db.get([k.encode() for k in keys]) if keys else []
 
-    def raw_record(self, image_id: int) -> dict | None:
-        v = self._get(self.keys.img(image_id))
-        return None if v is None else _json_fields(v)
-
     def raw_delete(self, keys: Sequence[str]) -> int:
         self._check_writable()
         with self._lock:

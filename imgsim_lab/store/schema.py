@@ -255,8 +255,6 @@ def _field_type(annotation: str) -> tuple[type, bool]:
 
 #: Record field name -> (type, optional), declared by the :class:`Record` dataclass.
 RECORD_TYPES: dict[str, tuple[type, bool]] = {f.name: _field_type(f.type) for f in fields(Record)}
-#: The fields of a record, in declaration order.
-RECORD_FIELDS = tuple(RECORD_TYPES)
 #: The record fields a NewImage gives (all its fields but ``embeddings``).
 IMAGE_FIELDS = tuple(f.name for f in fields(NewImage) if f.name != "embeddings")
 

@@ -156,9 +156,6 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS[1]: a lock key; ARGV[1]: its holder's value. Deletes the lock only if it is ours.
-UNLOCK = UNCLAIM
-
 SCRIPTS = {name: (src, hashlib.sha1(src.encode()).hexdigest()) for name, src in (
     ("reserve", RESERVE), ("commit", COMMIT), ("record", RECORD), ("drop", DROP),
     ("unclaim", UNCLAIM), ("register", REGISTER))}

@@ -50,7 +50,7 @@ def test_tune_stores_the_fastest_setting_and_the_index_uses_it(filled, tmp_path)
     idx = SimilarityIndex(filled, MODEL, IndexConfig(mode="budget", memory_budget=0.3,
                                                      snapshot_dir=tmp_path / "snap"))
     assert idx.factory == c.factory and idx.stats()["nprobe"] == c.probe
-    assert idx._depth(21) == c.rerank_depth  # k=10 with one exclusion re-ranks the tuned depth
+    assert idx._depth(idx._state, 21) == c.rerank_depth  # k=10 with one exclusion re-ranks the tuned depth
     ids, x = tune.load_all(filled, MODEL)
     assert _recall(idx, x, ids, np.arange(0, N, 50)) >= 0.93
     # an explicit factory or tuned=False ignores the stored setting
