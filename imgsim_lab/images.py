@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import re
 import threading
 import unicodedata
@@ -36,10 +37,22 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "TIFF": ("TIFF",),
 }
 
-# Pillow and its C decoders raise many kinds of errors on hostile input (OSError,
-# SyntaxError, ValueError, struct.error, zlib.error, EOFError, IndexError, MemoryError...);
-# every one of them from an untrusted file becomes an ImageRejected.
-_DECODE_ERRORS = (Exception,)
+_PIL_DIR = os.path.dirname(Image.__file__) + os.sep
+
+
+def _from_decoder(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by Pillow (or its C decoders) decoding the file.
+
+    Pillow raises many kinds of errors on hostile input (OSError, SyntaxError, ValueError,
+    struct.error, zlib.error, EOFError, IndexError...): each of them becomes a rejection.
+    An exception raised in our own code is a bug and propagates.
+    """
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and last.startswith(_PIL_DIR)
 _SWAP_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 # Image.open may warn (DecompressionBombWarning); catch_warnings is process-global.
@@ -126,7 +139,9 @@ def _open(data: bytes, limits: Limits) -> tuple[Image.Image, str]:
             log.debug("pillow warned: %s", w.message)
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", f"{fmt} header: {exc}") from None
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:
+        if not _from_decoder(exc):
+            raise
         raise ImageRejected("corrupt", f"{fmt} header cannot be read: {exc}") from None
     width, height = img.size
     if width * height > limits.max_pixels:
@@ -146,7 +161,9 @@ def _reject_unknown(data: bytes) -> None:
             other = Image.open(io.BytesIO(data)).format
     except Image.DecompressionBombError:
         other = "an image"
-    except _DECODE_ERRORS:  # UnidentifiedImageError and anything else
+    except Exception as exc:  # UnidentifiedImageError and any other decoder error
+        if not _from_decoder(exc):
+            raise
         other = None
     if other:
         raise ImageRejected("unsupported_format",
@@ -194,7 +211,9 @@ def decode(data: bytes, limits: Limits = Limits()  # noqa: B008 - frozen
         img.load()
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from None
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:
+        if not _from_decoder(exc):
+            raise
         raise ImageRejected("corrupt", f"{fmt} data cannot be decoded: {exc}") from None
     try:
         img = ImageOps.exif_transpose(img)
@@ -202,7 +221,9 @@ def decode(data: bytes, limits: Limits = Limits()  # noqa: B008 - frozen
         log.debug("EXIF orientation not applied: %s", exc)
     try:
         rgb = to_rgb(img)
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:
+        if not _from_decoder(exc):
+            raise
         raise ImageRejected("unsupported_format", f"{fmt} mode {mode}: {exc}") from None
     return rgb, ImageInfo(fmt, rgb.width, rgb.height, mode)
 

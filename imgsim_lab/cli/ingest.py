@@ -106,10 +106,25 @@ def run(args: argparse.Namespace) -> int:
                 result["index"][m.key] = idx.stats()
     if args.json_out == "-":  # for scripts: the JSON alone on stdout
         print(dumps(result))
-        return 0
+        return no_valid_input(result)
     if args.json_out:
         write_json(args.json_out, result)
     print("\n".join(summary_lines(result)))
     if args.json_out:
         print(f"  summary written to {args.json_out}")
-    return 0
+    return no_valid_input(result)
+
+
+#: Exit status of ``imgsim ingest`` when not a single input was a valid image.
+EXIT_NO_VALID_INPUT = 3
+
+
+def no_valid_input(result: dict) -> int:
+    """0, or :data:`EXIT_NO_VALID_INPUT` (with a line on stderr) when every input was rejected."""
+    import sys
+
+    if result["seen"] - result["rejected_total"] > 0:
+        return 0
+    print(f"imgsim ingest: not a single valid image among {result['seen']} input(s); "
+          "nothing was stored (see the rejection reasons above)", file=sys.stderr)
+    return EXIT_NO_VALID_INPUT

@@ -204,3 +204,19 @@ def test_app_on_a_busy_port_says_so_and_how_to_pick_another(tmp_path: Path) -> N
 def test_bench_help_is_its_own(tmp_path: Path) -> None:
     out = imgsim("bench", "store", "--help", tmp=tmp_path)
     assert out.returncode == 0 and "imgsim bench store" in out.stdout and "--json" in out.stdout
+
+
+def test_ingest_with_not_a_single_valid_image_exits_3(tmp_path: Path) -> None:
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"this is not an image")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    kv = f"rocksdb:{tmp_path / 'kv'}"
+    out = imgsim("ingest", str(folder), "--model", "pixels", "--kv", kv, "--no-index", tmp=tmp_path)
+    assert out.returncode == 3, out.stderr
+    assert "not a single valid image among 2 input(s)" in out.stderr
+    assert "Traceback" not in out.stderr
+    _pngs(folder, 1)  # one valid image among the junk: a normal run
+    ok = imgsim("ingest", str(folder), "--model", "pixels", "--kv", kv, "--no-index", tmp=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "1 added" in ok.stdout and "2 rejected" in ok.stdout

@@ -232,7 +232,11 @@ def test_searches_keep_answering_while_an_ingest_runs(tmp_path, redis_url, names
                   "idle_p95_ms": float(np.percentile(idle, 95)),
                   "load_p95_ms": float(np.percentile(loaded, 95)), "searches_under_load": len(loaded)}
         report["load_over_idle_p50"] = report["load_p50_ms"] / report["idle_p50_ms"]
-        out = REPO / "data" / "reports"
+        # a bound that holds on a shared 2-core box (seen: 2x) but not when a search waits
+        # on the ingest (a lock, a full rebuild per query: 10x and more)
+        assert report["load_over_idle_p50"] <= 5.0, report
+        assert report["load_p95_ms"] <= 1000.0, report
+        out = tmp_path / "data" / "reports"  # the test's data dir, never the repository's
         out.mkdir(parents=True, exist_ok=True)
         (out / "search_under_load.json").write_text(json.dumps(report, indent=2))
         s.flush()

@@ -119,19 +119,66 @@ def test_truncated_files_are_rejected(fmt: str, fraction: float) -> None:
     assert rejected(data[: max(1, int(len(data) * fraction))]) in ("corrupt", "not_an_image")
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
-def test_mutated_bytes_never_raise_anything_else(fmt: str) -> None:
+def fuzz_format(fmt: str, n: int) -> dict[str, int]:
+    """Decode ``n`` mutations of one valid file: each ends as a valid RGB image or as one of
+    the declared reason codes; anything else (our own bug) propagates and fails the test."""
     good = encode(noise((40, 40), seed=5), fmt)
     rng = random.Random(fmt)
-    for _ in range(150):
+    outcomes: dict[str, int] = {}
+    for _ in range(n):
         data = bytearray(good)
         for _ in range(rng.randint(1, 8)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
+            op = rng.random()
+            pos = rng.randrange(len(data))
+            if op < 0.7:
+                data[pos] = rng.randrange(256)
+            elif op < 0.85:
+                del data[pos : pos + rng.randint(1, 16)]
+            else:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         try:
             img, info = decode(bytes(data))
-        except ImageRejected:
+        except ImageRejected as exc:
+            assert exc.reason in REASONS, exc.reason
+            outcomes[exc.reason] = outcomes.get(exc.reason, 0) + 1
             continue
         assert img.mode == "RGB" and img.size == (info.width, info.height)
+        assert min(img.size) >= 8
+        outcomes["decoded"] = outcomes.get("decoded", 0) + 1
+    return outcomes
+
+
+def _check_outcomes(fmt: str, outcomes: dict[str, int], n: int) -> None:
+    assert sum(outcomes.values()) == n
+    if fmt == "PNG":  # every chunk carries a CRC-32: any changed byte is rightly corrupt
+        assert outcomes.get("corrupt", 0) >= n // 2, outcomes
+        return
+    # a decoder that rejects everything would pass a weaker test: most single-byte
+    # changes land in pixel data, so some mutations must still decode
+    assert outcomes.get("decoded", 0) >= n // 50, (fmt, outcomes)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_mutated_bytes_never_raise_anything_else(fmt: str) -> None:
+    _check_outcomes(fmt, fuzz_format(fmt, 300), 300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_ten_thousand_mutations_per_format(fmt: str) -> None:
+    _check_outcomes(fmt, fuzz_format(fmt, 10_000), 10_000)
+
+
+def test_our_own_bugs_are_not_reported_as_corrupt_images(monkeypatch) -> None:
+    """Only decoder exceptions become rejections: a bug in our code propagates."""
+    import imgsim_lab.images as images
+
+    def broken(img):
+        raise KeyError("a bug in to_rgb")
+
+    monkeypatch.setattr(images, "to_rgb", broken)
+    with pytest.raises(KeyError, match="a bug in to_rgb"):
+        decode(encode(noise((40, 40)), "PNG"))
 
 
 def test_limits_are_configurable() -> None:
