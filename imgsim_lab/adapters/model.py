@@ -11,24 +11,17 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from PIL import Image
 
 from imgsim_lab.adapters import registry
 from imgsim_lab.adapters.spec import StaleBaseError, is_derived_key
 from imgsim_lab.models import EmbeddingModel, get_model
+from imgsim_lab.models.base import split_key
 from imgsim_lab.models.flip import FLIP_SUFFIX, FlipAveraged  # noqa: F401 (re-exported)
 from imgsim_lab.store import Store
 
-_SIZED = re.compile(r"^(?P<name>.+)_(?P<size>\d+)px$")
-
-
-def split_model_key(key: str) -> tuple[str, int | None]:
-    """``efficientnet_lite0_96px`` -> ``("efficientnet_lite0", 96)``; else ``(key, None)``."""
-    m = _SIZED.match(key)
-    return (m["name"], int(m["size"])) if m else (key, None)
+split_model_key = split_key
 
 
 def resolve_model(store: Store, key: str, size: int | None = None) -> EmbeddingModel:

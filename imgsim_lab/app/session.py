@@ -17,7 +17,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from imgsim_lab import config
 from imgsim_lab.datasets import Located, locate
 from imgsim_lab.images import ImageRejected, Limits, decode, safe_name, sha256_hex
 from imgsim_lab.messages import describe_rejection
+from imgsim_lab.models.base import split_key
 from imgsim_lab.search import QueryResult, Searcher
 from imgsim_lab.store import NewImage, Store, StoreError, StoreLockedError, open_store, parse_url
 
@@ -39,7 +39,6 @@ UPLOADS_DIR = "uploads"
 WRITE_LOCK_TIMEOUT = 2.0
 #: Models compared side by side at most.
 MAX_MODELS = 3
-_KEY_RE = re.compile(r"^(?P<name>.+)_(?P<size>\d+)px$")
 
 
 @dataclass
@@ -69,10 +68,7 @@ class Thumb:
     missing: str | None = None
 
 
-def split_model_key(key: str) -> tuple[str, int | None]:
-    """``efficientnet_lite0_96px`` -> ``("efficientnet_lite0", 96)``; a bare name -> ``(name, None)``."""
-    m = _KEY_RE.match(key)
-    return (m["name"], int(m["size"])) if m else (key, None)
+split_model_key = split_key  # (name, size) of a stored model key
 
 
 def resolve_source(source: str, data_dir: Path) -> Path | None:

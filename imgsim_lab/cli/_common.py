@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 
 class UsageError(Exception):
@@ -75,8 +74,10 @@ def require_stored_model(store, key: str, kv: str | None) -> None:
     ns = f" --namespace {store.namespace}" if store.namespace != "imgsim" else ""
     have = (", ".join(f"{k} ({m.count} images)" for k, m in sorted(models.items()))
             or "none (the store is empty)")
-    m = re.match(r"^(?P<name>.+)_(?P<size>\d+)px$", key)
-    model = f"{m['name']} --size {m['size']}" if m else key
+    from imgsim_lab.models.base import split_key
+
+    name, size = split_key(key)
+    model = f"{name} --size {size}" if size else key
     raise UsageError(f"the store {store.url} (namespace {store.namespace}) has no {key} embeddings; "
                      f"models present: {have}. Add them with: imgsim ingest SOURCE --model {model}"
                      f"{where}{ns}")

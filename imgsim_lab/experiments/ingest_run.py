@@ -92,11 +92,11 @@ def snapshot_dir(data_dir: Path, store, model_key: str) -> Path:
     Same layout as :func:`imgsim_lab.index.snapshot.default_dir`, so a search session
     with the same data directory loads this snapshot instead of rebuilding it.
     """
-    from imgsim_lab.index.snapshot import slug
+    from imgsim_lab.index.snapshot import store_dirname
 
     path = getattr(store, "path", None)
     identity = f"rocksdb:{Path(path).resolve()}" if store.backend == "rocksdb" and path else store.url
-    return data_dir / "index" / slug(identity) / store.namespace / model_key
+    return data_dir / "index" / store_dirname(identity) / store.namespace / model_key
 
 
 def ingest_table(result: dict[str, Any]) -> str:

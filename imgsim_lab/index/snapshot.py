@@ -74,7 +74,7 @@ class Manifest:
             raise SnapshotError(f"malformed manifest: {exc}") from exc
 
 
-def slug(url: str) -> str:
+def store_dirname(url: str) -> str:
     """A directory name for a store URL: readable part plus a short hash (unique)."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", url).strip("_")[-60:]
     return f"{readable}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
@@ -90,7 +90,7 @@ def store_identity(store: Store) -> str:
 
 def namespace_dir(store_url: str, namespace: str) -> Path:
     """``<data_dir>/index/<slug of store url>/<namespace>``: every model's snapshot of it."""
-    return config.data_dir() / "index" / slug(store_url) / namespace
+    return config.data_dir() / "index" / store_dirname(store_url) / namespace
 
 
 def default_dir(store_url: str, namespace: str, model: str) -> Path:

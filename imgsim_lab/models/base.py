@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_KEY_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SIZED_KEY = re.compile(r"^(?P<name>.+)_(?P<size>\d+)px$")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -89,9 +90,16 @@ def pil_to_normalized_chw(img: Image.Image, mean: Sequence[float] | float,
 def make_key(name: str, size: int, default_size: int) -> str:
     """The store identifier of a model's vectors: ``name`` or ``name_<size>px``."""
     key = name if size == default_size else f"{name}_{size}px"
-    if not _KEY_RE.match(key):
+    if not _KEY_CHARS.match(key):
         raise ValueError(f"model key {key!r} must match [A-Za-z0-9_.-]+")
     return key
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    """The inverse of :func:`make_key`: ``efficientnet_lite0_96px`` -> ``("efficientnet_lite0", 96)``,
+    a bare name -> ``(name, None)``."""
+    m = _SIZED_KEY.match(key)
+    return (m["name"], int(m["size"])) if m else (key, None)
 
 
 def stack(batch: Any) -> np.ndarray:

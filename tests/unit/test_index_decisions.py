@@ -132,7 +132,7 @@ def test_snapshot_round_trip_and_corruption(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(snap.SnapshotError, match="malformed"):
         snap.load(tmp_path)
-    assert snap.slug("redis://h:6666/0") != snap.slug("redis://h:6666/1")
+    assert snap.store_dirname("redis://h:6666/0") != snap.store_dirname("redis://h:6666/1")
 
 
 def test_synthetic_vectors_are_seeded_normalized_and_structured():
