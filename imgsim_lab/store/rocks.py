@@ -175,7 +175,35 @@ class RocksStore(Store):
 
     # ---------------------------------------------------------------- helpers
     def _get(self, key: str) -> bytes | None:
+        if self.read_only:
+            return self._fresh_get(key.encode())
         return self._db.get(key.encode())
+
+    def _read_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """Values of ``keys`` in order: one multi-get, or on a secondary one fresh iterator."""
+        if not self.read_only or not keys:
+            return self._db.get(keys)
+        it = self._db.iter(ReadOptions())
+        try:
+            out = []
+            for key in keys:
+                it.seek(key)
+                out.append(it.value() if it.valid() and it.key() == key else None)
+            return out
+        finally:
+            del it
+
+    def _fresh_get(self, key: bytes) -> bytes | None:
+        """A point read through a new iterator. On a secondary that caught up with its primary,
+        ``get`` can keep answering from an older view after the primary closed (seen: the
+        watermark stuck at 951 while iterators saw 1201); a new iterator always reads the
+        latest one."""
+        it = self._db.iter(ReadOptions())
+        try:
+            it.seek(key)
+            return it.value() if it.valid() and it.key() == key else None
+        finally:
+            del it
 
     def _int(self, key: str) -> int:
         v = self._get(key)
@@ -331,21 +359,21 @@ class RocksStore(Store):
 
     def get_records(self, ids: Sequence[int]) -> list[Record | None]:
         ids = [int(i) for i in ids]
-        vals = self._db.get([self.keys.img(i).encode() for i in ids]) if ids else []
+        vals = self._read_many([self.keys.img(i).encode() for i in ids]) if ids else []
         return [None if v is None else Record.from_json(v) for v in vals]
 
     def ids_for_hashes(self, shas: Sequence[str]) -> list[int | None]:
         self.refresh()
-        vals = self._db.get([self.keys.sha(s).encode() for s in shas]) if shas else []
+        vals = self._read_many([self.keys.sha(s).encode() for s in shas]) if shas else []
         return [None if v is None else int(v) for v in vals]
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        vals = self._db.get([self.keys.emb(model, int(i)).encode() for i in ids])
+        vals = self._read_many([self.keys.emb(model, int(i)).encode() for i in ids])
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
         keys = [self.keys.emb(model, int(i)).encode() for i in ids]
-        return np.array([v is not None for v in self._db.get(keys)], bool) if keys else np.zeros(0, bool)
+        return np.array([v is not None for v in self._read_many(keys)], bool) if keys else np.zeros(0, bool)
 
     def iter_embeddings(self, model: str, after_id: int = 0,
                         chunk_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -435,7 +463,7 @@ class RocksStore(Store):
     # ------------------------------------------------------------ raw access
 
     def raw_get(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self._db.get([k.encode() for k in keys]) if keys else []
+        return self._read_many([k.encode() for k in keys]) if keys else []
 
     def raw_delete(self, keys: Sequence[str]) -> int:
         self._check_writable()

@@ -298,14 +298,8 @@ with open_store(url, ns) as s:
 """
 
 
-SECONDARY_BUG = pytest.mark.xfail(
-    reason="store bug, not the index's: a long-lived RocksDB secondary can stay stuck after the writer "
-           "closes (point reads of <ns>:seq/count stale, iterators fresh), so the index never sees "
-           "the last ids; see /work/notes/issue-14-index.md", strict=False)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["redis", pytest.param("rocksdb", marks=SECONDARY_BUG)])
+@pytest.mark.parametrize("backend", ["redis", "rocksdb"])
 def test_concurrent_searches_while_another_process_forces_a_mode_switch(backend, request, namespace,
                                                                         tmp_path):
     """Redis: both processes share the server. RocksDB: the searching process reads a secondary
