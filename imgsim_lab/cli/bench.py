@@ -22,7 +22,8 @@ HELP = "run a benchmark and print its JSON result (store, embed, ingest, search)
 
 def benchmark_names() -> list[str]:
     """The benchmarks available, found without importing them."""
-    return sorted(i.name for i in pkgutil.iter_modules(bench.__path__) if not i.name.startswith("_"))
+    return sorted(i.name.replace("_", "-") for i in pkgutil.iter_modules(bench.__path__)
+                  if not i.name.startswith("_"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def benchmark_parser(name: str):
     """The argument parser of one benchmark, and its module."""
-    mod = importlib.import_module(f"{bench.__name__}.{name}")
+    mod = importlib.import_module(f"{bench.__name__}.{name.replace('-', '_')}")  # cold-start: cold_start
     p = argparse.ArgumentParser(prog=f"imgsim bench {mod.NAME}", description=mod.HELP)
     mod.add_arguments(p)
     if getattr(mod, "STORE_ARGS", False):
