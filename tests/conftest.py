@@ -23,6 +23,7 @@ from cluster_fixture import (  # noqa: E402, F401
     kvrocks_url,
     server_url_of,
 )
+from dask_fixture import dask_client  # noqa: E402, F401
 from servers import RedisServer  # noqa: E402
 
 from imgsim_lab.store import open_store  # noqa: E402

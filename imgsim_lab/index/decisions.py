@@ -99,19 +99,10 @@ def code_bytes(factory: str, dim: int) -> int:
     if not m:
         raise ValueError(f"unsupported factory {factory!r}")
     d = int(m.group(1)) if m.group(1) else dim
-    codec = m.group(2)
-    if codec == "SQ8":
-        return d
-    if codec == "SQ4":
-        return (d + 1) // 2
-    if codec in ("SQfp16", "SQbf16"):
-        return 2 * d
-    if codec == "Flat":
-        return 4 * d
-    pq = re.match(r"^PQ(\d+)(?:x(\d+))?$", codec)
-    if pq:
-        return int(pq.group(1)) * int(pq.group(2) or 8) // 8
-    raise ValueError(f"unsupported codec {codec!r} in {factory!r}")
+    try:
+        return _codec_bytes(m.group(2), d)
+    except ValueError:
+        raise ValueError(f"unsupported codec {m.group(2)!r} in {factory!r}") from None
 
 
 def estimate_index_bytes(factory: str, n: int, dim: int) -> int:

@@ -14,22 +14,11 @@ from imgsim_lab.experiments.benchmark import run_benchmark  # noqa: E402
 from imgsim_lab.experiments.dask_grid import run_experiment_dask  # noqa: E402
 from imgsim_lab.experiments.grid import parse_experiment  # noqa: E402
 from imgsim_lab.experiments.runner import run_experiment  # noqa: E402
-from imgsim_lab.scaleout.cluster import close_shared_clients, register_plugin  # noqa: E402
+from imgsim_lab.scaleout.cluster import close_shared_clients  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.notebooks]
 REPO = Path(__file__).resolve().parents[2]
 TIMING_COLUMNS = {"p50_ms", "p95_ms", "seconds", "ingest_images_per_s", "query_embed_images_per_s"}
-
-
-@pytest.fixture(scope="module")
-def dask_client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")
-    client = distributed.Client(cluster, set_as_default=False)
-    register_plugin(client)
-    yield client
-    client.close()
-    cluster.close()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from imgsim_lab.store import open_store
 
 distributed = pytest.importorskip("distributed")
 
-from imgsim_lab.scaleout.cluster import PLUGIN_NAME, register_plugin  # noqa: E402
+from imgsim_lab.scaleout.cluster import PLUGIN_NAME  # noqa: E402
 from imgsim_lab.scaleout.ingest import dask_ingest  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,17 +77,6 @@ def kvrocks_url(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-@pytest.fixture(scope="module")
-def dask_client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")
-    client = distributed.Client(cluster, set_as_default=False)
-    register_plugin(client)
-    yield client
-    client.close()
-    cluster.close()
 
 
 @pytest.fixture(scope="module")
