@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagegen import image_bytes, make_folder
-from servers import free_port
 
 from imgsim_lab.check import check_store
 from imgsim_lab.datasets import ImageItem, folder_items
@@ -37,46 +35,6 @@ from imgsim_lab.scaleout.ingest import dask_ingest  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 COUNTED = ("added", "duplicates", "embedded", "rejected", "rejected_total", "seen", "models")
-
-
-def kvrocks_binary() -> str | None:
-    for cand in (os.environ.get("KVROCKS_BIN"), shutil.which("kvrocks"),
-                 str(REPO.parent / "shared" / "kvrocks" / "kvrocks")):
-        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-@pytest.fixture(scope="module")
-def kvrocks_url(tmp_path_factory: pytest.TempPathFactory):
-    """A real Apache Kvrocks on a free loopback port (skipped when the binary is absent)."""
-    binary = kvrocks_binary()
-    if binary is None:
-        pytest.skip("Apache Kvrocks not found: set KVROCKS_BIN=/path/to/kvrocks, put kvrocks on PATH, "
-                    "or place it at ../shared/kvrocks/kvrocks")
-    import redis
-
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("kvrocks")
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
-                             "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port, protocol=2)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"kvrocks did not start on port {port}")
-            time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
