@@ -9,7 +9,6 @@ never leaves a directory that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -32,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgsim_lab.config import ENV_CIFAR10_SOURCE, cifar10_archive, data_dir
+from imgsim_lab.images import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _pid_alive(pid: int) -> bool:
 def _extract_atomically(archive: Path, label: str, dest: Path, progress: bool,
                         require_full: bool) -> dict[str, Any]:
     """Extract into ``.<dest>.tmp-<pid>-*`` next to ``dest``, check, mark, then rename."""
-    sha = _file_sha256(archive)
+    sha = sha256_file(archive)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP_PREFIX}{os.getpid()}-",
                                 dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the renamed dataset should be readable
@@ -218,12 +218,6 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _zip_members(zf: zipfile.ZipFile) -> Iterator[tuple[zipfile.ZipInfo, str, str, str]]:

@@ -103,6 +103,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: os.PathLike[str] | str) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks (archives, model exports)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def sniff_format(data: bytes) -> str | None:
     """The accepted format named by the magic bytes, else None."""
     head = data[:16]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from imgsim_lab.images import sha256_file
 from imgsim_lab.models.base import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,6 @@ def cache_dir() -> Path:
     return data_dir() / "models" / "onnx"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_path(path: Path) -> Path:

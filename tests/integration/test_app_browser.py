@@ -70,6 +70,18 @@ def _generated(root: Path, n: int = 120) -> tuple[list[ImageItem], Path]:
     return items[:-1], query
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own process group: SIGTERM, then SIGKILL after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str, Path]:
     """(store URL, data dir, model key, query image file) of a small ingested collection.
@@ -129,12 +141,7 @@ def app_url(collection, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         _SERVER["pid"] = proc.pid
         yield f"http://127.0.0.1:{port}/"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def _drop(page, data: bytes, name: str, mime: str) -> None:
@@ -416,10 +423,4 @@ def test_search_notebook_in_jupyterlab(collection, tmp_path: Path) -> None:
             finally:
                 browser.close()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)
