@@ -12,12 +12,14 @@ Write protocol of :meth:`add_images`, per group of images (claim first):
 2. reserve ids for unclaimed images (script ``reserve``: ``INCRBY <ns>:seq`` and the
    range listed in ``<ns>:inflight{<ns>:seq}`` until it is indexed, so :meth:`last_id`,
    the committed watermark, never passes an id that is not listed yet);
-3. **one node**: one ``MULTI``: ``MSET`` of the new images' vectors (outside Lua: the
-   vectors cross at wire speed) and the ``commit`` script, which per image claims the
-   hash (``SET`` if absent), writes the record, lists it in ``<ns>:ids``,
-   ``<ns>:eids:<model>`` and ``<ns>:shas``, fills missing embeddings of an existing
-   record (``SET NX``), and removes the vectors of an image whose claim another writer
-   won — all or nothing; **cluster**: ``SET NX`` the claims (listed in ``<ns>:shas``
+3. **one node**: per batch of ``write_batch`` images one ``MULTI``: ``MSET`` of the new
+   images' vectors (outside Lua: the vectors cross at wire speed) and the ``commit``
+   script, which per image claims the hash (``SET`` if absent), writes the record (one
+   ``HSET`` straight from its arguments), lists it in ``<ns>:ids``, ``<ns>:eids:<model>``
+   and ``<ns>:shas``, fills missing embeddings of an existing record (``SET NX``), and
+   removes the vectors of an image whose claim another writer won — all or nothing. The
+   commands are packed from key templates and each ``MULTI`` is sent as soon as it is
+   packed, so the server runs one while the client packs the next; **cluster**: ``SET NX`` the claims (listed in ``<ns>:shas``
    first), then per block of 100 ids one ``record`` script on the block's slot
    (records and embeddings if absent, vectors in ARGV), then ``ZADD`` the id sets;
 4. drop the in-flight reservation.
@@ -47,8 +49,9 @@ import numpy as np
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
-from imgsim_lab.store.resp import pack
+from imgsim_lab.store.resp import KeyWire, bulk, command, pack
 from imgsim_lab.store.schema import IMAGE_FIELDS, AddResult, Keys, ModelInfo, Record, decode_many, now
+from imgsim_lab.store.scripts import SCRIPTS
 from imgsim_lab.store.transport import Routed, connect
 
 log = logging.getLogger(__name__)
@@ -57,19 +60,10 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 5
 #: Members per ZADD/ZREM/SADD command.
 CHUNK = 4000
-#: A record field value that is not stored (``None``) in the commit script's arguments.
-ABSENT = b"\0"
 
 
 def _pairs(raw: list) -> dict:
     return dict(zip(raw[::2], raw[1::2], strict=True))
-
-
-def _values(item: EncodedImage) -> list:
-    """The record's declared field values, in IMAGE_FIELDS order ("\0" where absent)."""
-    vals = item.values
-    return [ABSENT if (v := vals[f]) is None else (repr(v) if type(v) is float else v)
-            for f in IMAGE_FIELDS]
 
 
 def _fields(item: EncodedImage, t: float) -> list:
@@ -79,6 +73,31 @@ def _fields(item: EncodedImage, t: float) -> list:
         if v is not None:
             out += [k, repr(v) if isinstance(v, float) else v]
     return out
+
+
+_FIELD = {name: bulk(name.encode()) for name in IMAGE_FIELDS}
+_MSET, _EVAL = bulk(b"MSET"), bulk(b"EVAL")
+#: Scripts inside a MULTI are sent as EVAL with their source: a NOSCRIPT error there would
+#: leave the transaction's other commands applied.
+_COMMIT_SRC = bulk(SCRIPTS["commit"][0].encode())
+_DIGITS = [bulk(b"%d" % i) for i in range(10)]
+
+
+def _int_arg(i: int) -> bytes:
+    return _DIGITS[i] if 0 <= i < 10 else bulk(b"%d" % i)
+
+
+def _field_args(values: dict) -> tuple[int, bytes]:
+    """The record's field/value pairs (None: left out; floats by repr): how many, and packed."""
+    parts = []
+    for name, v in values.items():
+        if v is None:
+            continue
+        t = type(v)
+        b = v.encode() if t is str else (b"%d" % v if t is int else repr(v).encode())
+        parts.append(_FIELD[name])
+        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return len(parts) // 2, b"".join(parts)
 
 
 @dataclass(slots=True)
@@ -107,6 +126,7 @@ class RespStore(Store):
         self._leased = False
         k = self.keys
         self._inflight = f"{k.ns}:inflight{{{k.seq}}}"  # same slot as <ns>:seq
+        self._wire = KeyWire(k)
 
     def close(self) -> None:
         if self._leased:
@@ -272,12 +292,20 @@ class RespStore(Store):
         new vectors and the commit script; all batches (then ``after``) in one round trip."""
         step = self.config.write_batch
         batches = [images[s : s + step] for s in range(0, len(images), step)]
-        blocks = [self._commit_block(b) for b in batches]
-        replies = self._t.run([c for b in blocks for c in b] + after)
+        sizes: list[int] = []
+
+        def blocks() -> Iterator[list[Routed]]:
+            for b in batches:
+                block = self._commit_block(b)
+                sizes.append(len(block))
+                yield block
+            yield after
+
+        replies = self._t.run_stream(blocks())
         retry = []
         pos = 0
-        for batch, block in zip(batches, blocks, strict=True):
-            pos += len(block)
+        for batch, size in zip(batches, sizes, strict=True):
+            pos += size
             rows = replies[pos - 1][-1]  # EXEC's replies; the commit script's is the last
             if isinstance(rows, Exception):
                 raise StoreError(f"{self.url}: commit failed: {rows}")
@@ -285,32 +313,49 @@ class RespStore(Store):
         return retry
 
     def _commit_block(self, images: list[_Image]) -> list[Routed]:
-        k = self.keys
+        """One MULTI: MSET of the fresh images' vectors (ids this call reserved), then the
+        ``commit`` script, which claims the hashes and writes records and id sets (and, for
+        the other images, what their records lack). Packed from templates
+        (:class:`~.resp.KeyWire`): this is the bulk-write hot path."""
+        k, w = self.keys, self._wire
         models = sorted({m for im in images for m in im.vectors})
-        midx = {m: i + 1 for i, m in enumerate(models)}
-        keys = [k.ids, k.shas, *(k.eids(m) for m in models)]
-        args: list = [len(models), len(images), len(IMAGE_FIELDS), *IMAGE_FIELDS, repr(now())]
-        mset: list = ["MSET"]
-        sha_key, img_key, emb_key = k.sha, k.img, k.emb
+        midx = {m: _int_arg(i + 1) for i, m in enumerate(models)}
+        one, zero = _int_arg(1), _int_arg(0)
+        claims, keys, args, mset = [], [], [], []
+        nargs = 0
         for im in images:
-            ekeys = [emb_key(m, im.id) for m in im.vectors]
-            keys += [sha_key(im.item.sha256), img_key(im.id), *ekeys]
-            args += [im.id, 1 if im.fresh else 0, len(ekeys)]
-            for ekey, (m, (data, _)) in zip(ekeys, im.vectors.items(), strict=True):
+            rid = im.id
+            claims.append(w.sha(im.item.sha256))
+            keys.append(w.img(rid))
+            args += (bulk(b"%d" % rid), one if im.fresh else zero, _int_arg(len(im.vectors)))
+            for m, (data, _) in im.vectors.items():
+                ekey = w.emb(m, rid)
+                keys.append(ekey)
                 args.append(midx[m])
                 if im.fresh:
-                    mset += [ekey, data]
+                    mset += (ekey, b"$%d\r\n" % len(data), data, b"\r\n")
                 else:
-                    args.append(data)
-            args += _values(im.item)
-        routed = [(k.ids, pack(mset))] if len(mset) > 1 else []
-        routed.append(self._t.script("commit", keys, args, inline=True))
-        return [(k.ids, pack(["MULTI"])), *routed, (k.ids, pack(["EXEC"]))]
+                    args += (b"$%d\r\n" % len(data), data, b"\r\n")
+                    nargs += 1
+            npairs, fields = _field_args(im.item.values)
+            args += (_int_arg(npairs), fields)
+            nargs += 4 + len(im.vectors) + 2 * npairs
+        head = [bulk(x.encode()) for x in (k.ids, k.shas, *(k.eids(m) for m in models))]
+        nkeys = len(head) + len(claims) + len(keys)
+        added = bulk(repr(now()).encode())
+        script = command(3 + nkeys + 3 + nargs,
+                         [_EVAL, _COMMIT_SRC, bulk(b"%d" % nkeys), *head, *claims, *keys,
+                          _int_arg(len(models)), bulk(b"%d" % len(images)), added, *args])
+        routed = [(k.ids, command(1 + len(mset) // 2, [_MSET, *mset]))] if mset else []
+        return [(k.ids, pack(["MULTI"])), *routed, (k.ids, script), (k.ids, pack(["EXEC"]))]
 
     @staticmethod
     def _commit_results(images: list[_Image], rows: list) -> list[_Image]:
         retry = []
         for im, row in zip(images, rows, strict=True):
+            if row == 1:  # a fresh image that holds its claim
+                im.created, im.added = True, set(im.vectors)
+                continue
             rid, state, *written = (int(x) for x in row)
             if state == 1:
                 im.created, im.added = True, set(im.vectors)
@@ -455,9 +500,17 @@ class RespStore(Store):
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
+        """Whether each id has a vector for ``model``. On a cluster also whether it is listed
+        in ``<ns>:eids:<model>``: a writer that died between the record script and the id
+        sets leaves vectors that are not listed yet, and only a re-add lists them."""
         if not len(ids):
             return np.zeros(0, bool)
-        return np.array(self._get_all([self.keys.emb(model, int(i)) for i in ids], "EXISTS"), bool)
+        have = np.array(self._get_all([self.keys.emb(model, int(i)) for i in ids], "EXISTS"), bool)
+        if not self._t.single:
+            zkey = self.keys.eids(model)
+            listed = self._t.run([(zkey, pack(["ZSCORE", zkey, int(i)])) for i in ids])
+            have &= np.array([v is not None for v in listed], bool)
+        return have
 
     def _ids_after(self, zkey: str, after_id: int, limit: int) -> list[int]:
         raw = self._t.command("ZRANGEBYSCORE", zkey, f"({int(after_id)}", "+inf", "LIMIT", 0, limit)

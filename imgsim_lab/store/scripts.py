@@ -19,78 +19,68 @@ redis.call('ZADD', KEYS[2], lo, lo .. ':' .. ARGV[2] .. ':' .. ARGV[3])
 return lo
 """
 
-# KEYS: ids, shas, eids_1..eids_M, then per item: sha, img, emb keys (ne of them).
-# ARGV: M, n, nf, the nf record field names, added, then per item: id, fresh (1: its
-#   vectors were MSET at id before this call; 0: they follow here), ne, per embedding:
-#   model index (1..M) [, vector when not fresh], then its nf field values ("\0": absent).
-# Per item returns {id, state, written flags...}: state 1 = ours (we hold the claim with the
-# id we reserved: created, also when this call is a replay), 0 = the record existed / filled,
+# KEYS: ids, shas, eids_1..eids_M, the n claim keys, then per item: img, emb keys (ne).
+# ARGV: M, n, added, then per item: id, fresh, ne, per embedding: model index (1..M)
+#   [, vector when not fresh], np, then np record field/value pairs.
+# A fresh item (id reserved by this call) had its vectors MSET at that id earlier in the
+# same MULTI (native MSET: vectors cross at wire speed); one that is not fresh carries its
+# vectors here (SET NX: fill what is missing). Fields go straight from ARGV into one HSET.
+# Per item returns 1 for a fresh item that holds its claim (created, also when this call
+# is a replay), else {id, state, written flags...}: state 0 = the record existed / filled,
 # -1 = lost the claim to another id (returned as the id; our vectors removed),
 # -2 = the claim changed under us (go round again).
 # Few redis.call()s per image (their overhead dominates): claims are read with one MGET and
-# written with one MSET, the id sets with one ZADD/SADD per batch; one HSET per new record.
+# written with one MSET, the id sets with one ZADD/SADD per batch, one HSET per record.
 COMMIT = """
 local unpack = table.unpack or unpack
-local M, n, nf = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local names, added = {}, ARGV[4 + nf]
-for j = 1, nf do names[j] = ARGV[3 + j] end
-local p, k = 5 + nf, 3 + M
-local items, shakeys = {}, {}
-for i = 1, n do
-  local it = {id = tonumber(ARGV[p]), fresh = ARGV[p + 1] == '1', sha = KEYS[k], img = KEYS[k + 1],
-              embs = {}}
-  local ne = tonumber(ARGV[p + 2])
-  p = p + 3
-  for j = 1, ne do
-    local e = {key = KEYS[k + 1 + j], model = tonumber(ARGV[p])}
-    p = p + 1
-    if not it.fresh then e.vec = ARGV[p]; p = p + 1 end
-    it.embs[j] = e
-  end
-  k = k + 2 + ne
-  it.f0 = p
-  p = p + nf
-  items[i] = it
-  shakeys[i] = it.sha
-end
-local claims = redis.call('MGET', unpack(shakeys))
+local M, n, added = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local claims = redis.call('MGET', unpack(KEYS, 3 + M, 2 + M + n))
 local setc, zids, sshas, zemb, out = {}, {}, {}, {}, {}
 for m = 1, M do zemb[m] = {} end
+local p, k = 4, 3 + M + n
 for i = 1, n do
-  local it = items[i]
+  local id, fresh, ne = tonumber(ARGV[p]), ARGV[p + 1] == '1', tonumber(ARGV[p + 2])
+  local img, e0, a0 = KEYS[k], k + 1, p + 3
+  k = k + 1 + ne
+  p = a0 + (fresh and ne or 2 * ne)
+  local f0, f1 = p + 1, p + 2 * tonumber(ARGV[p])
+  p = f1 + 1
+  local sha = KEYS[2 + M + i]
   local c = claims[i] and tonumber(claims[i])
-  if (not c) and it.fresh then
-    setc[#setc + 1] = it.sha
-    setc[#setc + 1] = it.id
-    c = it.id
+  if (not c) and fresh then
+    setc[#setc + 1] = sha
+    setc[#setc + 1] = id
+    c = id
   end
-  if c == it.id then
-    if it.fresh or redis.call('EXISTS', it.img) == 0 then
-      local h = {'id', it.id, 'added', added}
-      for j = 1, nf do
-        local v = ARGV[it.f0 + j - 1]
-        if v ~= '\0' then h[#h + 1] = names[j]; h[#h + 1] = v end
+  if c == id then
+    if fresh or redis.call('EXISTS', img) == 0 then
+      redis.call('HSET', img, 'id', id, 'added', added, unpack(ARGV, f0, f1))
+    end
+    zids[#zids + 1] = id
+    zids[#zids + 1] = id
+    sshas[#sshas + 1] = string.sub(sha, -64)
+    if fresh then
+      for j = 0, ne - 1 do
+        local z = zemb[tonumber(ARGV[a0 + j])]
+        z[#z + 1] = id
+        z[#z + 1] = id
       end
-      redis.call('HSET', it.img, unpack(h))
+      out[i] = 1
+    else
+      local res = {id, 0}
+      for j = 0, ne - 1 do
+        res[j + 3] = redis.call('SET', KEYS[e0 + j], ARGV[a0 + 2 * j + 1], 'NX') and 1 or 0
+        local z = zemb[tonumber(ARGV[a0 + 2 * j])]
+        z[#z + 1] = id
+        z[#z + 1] = id
+      end
+      out[i] = res
     end
-    zids[#zids + 1] = it.id
-    zids[#zids + 1] = it.id
-    sshas[#sshas + 1] = string.sub(it.sha, -64)
-    local res = {it.id, it.fresh and 1 or 0}
-    for j = 1, #it.embs do
-      local e, w = it.embs[j], 1
-      if not it.fresh then w = redis.call('SET', e.key, e.vec, 'NX') and 1 or 0 end
-      local z = zemb[e.model]
-      z[#z + 1] = it.id
-      z[#z + 1] = it.id
-      res[#res + 1] = w
-    end
-    out[i] = res
-  elseif it.fresh then
-    for j = 1, #it.embs do redis.call('DEL', it.embs[j].key) end
+  elseif fresh then
+    if ne > 0 then redis.call('DEL', unpack(KEYS, e0, e0 + ne - 1)) end
     out[i] = {c, -1}
   else
-    out[i] = {it.id, -2}
+    out[i] = {id, -2}
   end
 end
 if #setc > 0 then redis.call('MSET', unpack(setc)) end

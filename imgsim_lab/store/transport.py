@@ -15,7 +15,7 @@ speed (redis-py copies every argument below 6 KB several times).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -124,6 +124,50 @@ class Transport:
                 self.call(_raise, err)
         return replies
 
+    def run_stream(self, blocks: Iterable[Sequence[Routed]]) -> list:
+        """Replies of blocks of packed commands, each block sent as soon as it is built, so
+        the server executes one while the caller packs the next (one node; a cluster, or a
+        lost connection, falls back to :meth:`run` of everything, retried as a whole)."""
+        sent: list[Routed] = []
+        it = iter(blocks)
+        if self.single:
+            try:
+                replies = self._stream_once(it, sent)
+            except TRANSIENT as exc:
+                self._on_failure(exc)
+            else:
+                err = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
+                if err is not None:
+                    self.call(_raise, err)
+                return replies
+        sent += [r for block in it for r in block]
+        return self.run(sent)
+
+    def _stream_once(self, blocks: Iterator[Sequence[Routed]], sent: list[Routed]) -> list:
+        pool = self._pool()
+        conn = pool.get_connection()
+        ok = False
+        try:
+            for block in blocks:
+                sent += block
+                for c in _coalesced([c for _, c in block]):
+                    conn.send_packed_command([c], check_health=False)
+            out = []
+            for _ in sent:
+                try:
+                    out.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:
+                    out.append(exc)
+            ok = True
+            return out
+        finally:
+            if not ok:
+                conn.disconnect()
+            pool.release(conn)
+
+    def _pool(self) -> redis.ConnectionPool:
+        raise NotImplementedError
+
     def command(self, *args) -> object:
         """One command (routed by its first key argument)."""
         return self.run([(str(args[1]) if len(args) > 1 else "", pack(args))])[0]
@@ -218,6 +262,9 @@ class NodeTransport(Transport):
 
     def _run_once(self, routed: Sequence[Routed]) -> list:
         return self._send_on(self.client.connection_pool, [c for _, c in routed])
+
+    def _pool(self) -> redis.ConnectionPool:
+        return self.client.connection_pool
 
     def load_scripts(self) -> None:
         for src, _ in SCRIPTS.values():

@@ -70,3 +70,21 @@ def test_new_image_validation():
         NewImage("xyz", "s", 1, 1)
     with pytest.raises(ValueError, match="positive"):
         NewImage("a" * 64, "s", 0, 1)
+
+
+def test_key_wire_templates_equal_the_declared_keys() -> None:
+    """The bulk-write hot path packs keys from fixed-width templates: they must be the keys."""
+    from imgsim_lab.store.resp import MAX_ID, KeyWire, bulk
+
+    rng = np.random.default_rng(0)
+    for ns in ("imgsim", "a.b-c_d+e", "x" * 64):
+        k, w = Keys(ns), KeyWire(Keys(ns))
+        for i in [1, 99, 100, 101, 12345, MAX_ID - 1, *rng.integers(1, MAX_ID, 50).tolist()]:
+            assert w.img(i) == bulk(k.img(i).encode())
+            model = "efficientnet_lite0+mlp_cos"
+            assert w.emb(model, i) == bulk(k.emb(model, i).encode())
+        sha = "ab" * 32
+        assert w.sha(sha) == bulk(k.sha(sha).encode())
+        for bad in (0, -1, MAX_ID):
+            with pytest.raises(ValueError, match="out of range"):
+                w.img(bad)
