@@ -19,9 +19,10 @@ Write protocol of :meth:`add_images`, per group of images (claim first):
    and ``<ns>:shas``, fills missing embeddings of an existing record (``SET NX``), and
    removes the vectors of an image whose claim another writer won — all or nothing. The
    commands are packed from key templates and each ``MULTI`` is sent as soon as it is
-   packed, so the server runs one while the client packs the next; **cluster**: ``SET NX`` the claims (listed in ``<ns>:shas``
-   first), then per block of 100 ids one ``record`` script on the block's slot
-   (records and embeddings if absent, vectors in ARGV), then ``ZADD`` the id sets;
+   packed, so the server runs one while the client packs the next; **cluster**: ``SET NX``
+   the claims (listed in ``<ns>:shas`` first), then per block of 100 ids one ``record``
+   script on the block's slot (records and embeddings if absent, vectors in ARGV), then
+   ``ZADD`` the id sets; every node is sent its commands before any reply is read;
 4. drop the in-flight reservation.
 
 A claim equal to an id this call reserved is ours, so a call replayed after a lost reply

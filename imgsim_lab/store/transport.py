@@ -313,10 +313,27 @@ class ClusterTransport(Transport):
             node = owners[0] if owners else nm.get_node_from_slot(slot)
             groups.setdefault(node.name, (node, []))[1].append(i)
         replies: list = [None] * len(routed)
-        for node, idx in groups.values():
-            pool = self.client.get_redis_connection(node).connection_pool
-            for i, r in zip(idx, self._send_on(pool, [routed[i][1] for i in idx]), strict=True):
-                replies[i] = r
+        # every node's commands first, then every node's replies: the nodes work in parallel
+        held: list[tuple[redis.ConnectionPool, redis.Connection, list[int]]] = []
+        ok = False
+        try:
+            for node, idx in groups.values():
+                pool = self.client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                held.append((pool, conn, idx))
+                conn.send_packed_command(_coalesced([routed[i][1] for i in idx]), check_health=False)
+            for _, conn, idx in held:
+                for i in idx:
+                    try:
+                        replies[i] = conn.read_response()
+                    except redis.exceptions.ResponseError as exc:
+                        replies[i] = exc
+            ok = True
+        finally:
+            for pool, conn, _ in held:
+                if not ok:
+                    conn.disconnect()
+                pool.release(conn)
         return replies
 
     def _on_failure(self, exc: Exception) -> None:
