@@ -20,8 +20,6 @@ TRAIN_POINTS_PER_CENTROID = 16
 ID_BYTES = 8
 #: Rough per-entry cost of IndexIDMap2's reverse hash map (std::unordered_map<int64, int64>).
 IDMAP2_ENTRY_BYTES = 48
-#: Hot-set bookkeeping per cached vector: its slot entry plus up to 2 frequency entries.
-HOT_ENTRY_BYTES = 3 * 64
 #: PCA output dimensions we consider for budget mode, largest first.
 PCA_DIMS = (384, 256, 192, 128, 96, 64, 48, 32)
 #: Default upper bound of the PCA output (more dimensions cost rebuild speed and latency).
@@ -157,14 +155,6 @@ def rerank_depth(k_fetch: int, factor: float, minimum: int = 64) -> int:
 def widen(k_fetch: int, available: int, growth: int = 4) -> int:
     """The next, larger candidate count when too few results survived (capped at ``available``)."""
     return int(min(max(k_fetch * growth, k_fetch + 1), max(available, 1)))
-
-
-def hot_capacity(budget_bytes: int, index_bytes: int, dim: int, hot_fraction: float) -> int:
-    """Full vectors the hot set may hold: its share of the budget, minus what the index overran."""
-    share = int(budget_bytes * hot_fraction)
-    spare = max(0, budget_bytes - index_bytes)
-    per_vector = dim * 4 + 2 * ID_BYTES + HOT_ENTRY_BYTES  # vector, id, count, table entries
-    return max(0, min(share, spare) // per_vector)
 
 
 def needs_retrain(n_now: int, n_trained: int, growth: float) -> bool:

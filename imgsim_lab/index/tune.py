@@ -133,7 +133,7 @@ def apply_setting(config: IndexConfig, setting: TunedSetting | None, n: int, dim
     if setting is None or not config.tuned or config.factory is not None or setting.dim != dim:
         return config
     budget = decisions.resolve_budget(config.memory_budget, n, dim)
-    if not decisions.setting_fits(setting.factory, n, dim, int(budget * (1 - config.hot_fraction))):
+    if not decisions.setting_fits(setting.factory, n, dim, budget):
         log.info("tuned factory %s does not fit the budget of %d bytes at n=%d; not used",
                  setting.factory, budget, n)
         return config
@@ -323,7 +323,7 @@ class TuneResult:
 
 
 def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: int | float | None = 0.1,
-         hot_fraction: float | None = None, queries: int = 500, latency_queries: int = 100,
+         queries: int = 500, latency_queries: int = 100,
          factories: list[str] | None = None, quick: bool = False, removable_only: bool = True,
          seed: int = 12345, save: bool = True, time_all: bool = False,
          progress: Callable[[str], None] | None = None) -> TuneResult:
@@ -336,9 +336,7 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
     n = store.model_info()[model].count
     dim = store.model_dim(model)
     budget = decisions.resolve_budget(memory_budget, n, dim)
-    if hot_fraction is None:  # the share the index will leave to its hot set
-        hot_fraction = IndexConfig.hot_fraction
-    index_budget = int(budget * (1 - hot_fraction))
+    index_budget = budget  # the index may take the whole budget (there is no hot set)
     cands = factories or decisions.candidate_factories(n, dim, index_budget, quick=quick)
     too_big = [f for f in cands if decisions.factory_bytes(f, n, dim) > index_budget]
     if too_big:  # an index could never use them: the budget would reject the setting
@@ -367,7 +365,7 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         if save:
             save_setting(store, chosen)
     info = {"model": model, "n": n, "dim": dim, "target_recall": target_recall,
-            "required_recall": need, "hot_fraction": hot_fraction,
+            "required_recall": need,
             "memory_budget": memory_budget, "budget_bytes": budget, "index_budget_bytes": index_budget,
             "queries": len(ho.x), "latency_queries": latency_queries, "seconds": time.perf_counter() - t0,
             "saved_to": setting_key(store.namespace, model) if save and chosen else None,

@@ -1,4 +1,4 @@
-"""The index's pure decisions, the hot set and the snapshot files, on random data."""
+"""The index's pure decisions and the snapshot files, on random data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from imgsim_lab.index import decisions as dec
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.builders import new_budget, train_pca
 from imgsim_lab.index.config import IndexConfig
-from imgsim_lab.index.hotset import HotSet
 from imgsim_lab.index.synthetic import SyntheticSpec, generate, neighbour_similarity
 
 
@@ -83,27 +82,6 @@ def test_memory_estimate_matches_faiss(tmp_path):
     assert 0.8 * path.stat().st_size <= est <= 1.25 * path.stat().st_size
 
 
-def test_hot_capacity():
-    assert dec.hot_capacity(10**6, 10**6, 128, 0.2) == 0  # the index used it all
-    cap = dec.hot_capacity(10**7, 10**6, 128, 0.2)
-    assert cap == 2 * 10**6 // (128 * 4 + 16 + dec.HOT_ENTRY_BYTES)
-
-
-def test_hot_set_keeps_the_most_frequent():
-    hot = HotSet(2, 3)
-    v = np.eye(3, dtype=np.float32)
-    for _ in range(3):
-        hot.record(np.array([1]), v[:1])
-    hot.record(np.array([2, 3]), v[1:])
-    hot.record(np.array([3]), v[2:])
-    mask, vecs = hot.lookup(np.array([1, 2, 3]))
-    assert mask.tolist() == [True, False, True]
-    assert np.array_equal(vecs, v[[0, 2]]) and hot.hit_rate == pytest.approx(2 / 3)
-    hot.discard(np.array([1]))
-    mask, vecs = hot.lookup(np.array([1, 3]))
-    assert mask.tolist() == [False, True] and np.array_equal(vecs, v[2:])
-
-
 def test_pca_matches_faiss():
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((3000, 32)) @ rng.standard_normal((32, 32))).astype(np.float32)
@@ -145,17 +123,6 @@ def test_synthetic_vectors_are_seeded_normalized_and_structured():
     assert sims["sim_at_10"] - sims["sim_at_100"] > 0.03  # neighbours are separable
     with pytest.raises(ValueError):
         SyntheticSpec(latent_dim=65)
-
-
-def test_hot_set_stays_bounded_and_resizes():
-    hot = HotSet(4, 2)
-    rng = np.random.default_rng(0)
-    for i in range(5000):
-        hot.record(np.array([i % 3, 100 + i]), rng.standard_normal((2, 2)).astype(np.float32))
-    assert len(hot) == 4 and len(hot._freq) <= 2 * 4 + 1024
-    assert hot.lookup(np.array([0, 1, 2]))[0].all()  # the three frequent ids stay cached
-    small = hot.resized(2)
-    assert len(small) == 2 and small.lookup(np.array([0, 1, 2]))[0].sum() == 2
 
 
 # ---------------------------------------------------------------- tuning decisions
@@ -274,3 +241,11 @@ def test_tune_margin_shrinks_with_more_queries():
     assert dec.with_margin(0.99, 500) == pytest.approx(0.99 + (0.99 * 0.01 / 5000) ** 0.5)
     assert dec.with_margin(0.99, 50) > dec.with_margin(0.99, 500) > 0.99
     assert dec.with_margin(1.0, 10) == 1.0 and dec.with_margin(0.5, 10**9) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_snapshot_from_the_hot_set_era_still_matches_its_settings():
+    """Snapshots recorded ``hot_fraction`` (the removed hot set): it no longer shapes the index."""
+    cfg = IndexConfig(memory_budget=0.1)
+    old = {**cfg.fingerprint(), "hot_fraction": 0.2}
+    assert "hot_fraction" not in cfg.fingerprint() and cfg.fingerprint_matches(old)
+    assert not cfg.fingerprint_matches({**old, "nlist": 64})  # other settings still make it stale
