@@ -283,8 +283,10 @@ class SimilarityIndex:
                 chunks = self._read_ahead(chunk)
                 index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
                 timings["train"] = time.perf_counter() - t0 - timings["sample"]
-            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}") \
-                if chunks is not None else np.empty(0, np.int64)
+            t_stream = time.perf_counter()
+            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}",
+                                       timings=timings) if chunks is not None else np.empty(0, np.int64)
+            timings["stream"] = time.perf_counter() - t_stream  # read_wait + add when they overlap
         finally:
             if chunks is not None:
                 chunks.close()

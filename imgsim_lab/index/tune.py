@@ -269,15 +269,28 @@ def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: 
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
+def exact_p50(x: np.ndarray, q: np.ndarray, n: int = 30) -> float:
+    """p50 ms of a bare exact (flat) single query over ``x`` on one faiss thread."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    times = []
+    try:
+        for i in range(min(n, len(q))):
+            t = time.perf_counter()
+            faiss.knn(q[i : i + 1], x, K, metric=faiss.METRIC_INNER_PRODUCT)
+            times.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.percentile(np.array(times) * 1000, 50))
+
+
 def build(store: Store, model: str, factory: str, n: int, kmeans_iter: int = 10,
           seed: int = 0) -> tuple[faiss.Index, float]:
     """A ``factory`` index over every stored vector of ``model``, trained on a sample; seconds."""
     t = time.perf_counter()
     upto = store.last_id()
     nlist = decisions.factory_parts(factory)["nlist"] or 1
-    size = decisions.training_size(n, nlist)
-    if decisions.factory_parts(factory)["opq"] or "PQ" in factory:
-        size = max(size, min(n, 32768))
+    size = decisions.training_size(n, nlist)  # the sample a rebuild trains on: build_s predicts it
     sample = builders.sample_vectors(store, model, size, upto, n, seed=seed)
     chunks = prefetch(store.iter_embeddings(model, 0, 16384), 4, name="index-prefetch")
     try:
@@ -352,8 +365,10 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         need = decisions.with_margin(target_recall, len(ho.x))  # so it holds on fresh queries
         rows, built = _measure_all(store, model, cands, n, dim, ho, vectors, need,
                                    latency_queries, time_all, progress)
+        flat_p50 = exact_p50(vectors.x, ho.x) if vectors.x is not None else None
     pickable = [r for r in rows if r["removable"] or not removable_only]
-    best = decisions.pick_fastest(pickable, need)
+    fastest = decisions.pick_fastest(pickable, need)
+    best = decisions.pick_setting(pickable, need, flat_p50)  # build time decides among the fast ones
     chosen = None
     if best is not None:
         chosen = TunedSetting(model=model, dim=dim, n=n, factory=best["factory"], probe=int(best["probe"]),
@@ -368,6 +383,8 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
             "required_recall": need,
             "memory_budget": memory_budget, "budget_bytes": budget, "index_budget_bytes": index_budget,
             "queries": len(ho.x), "latency_queries": latency_queries, "seconds": time.perf_counter() - t0,
+            "exact_p50_ms": flat_p50, "latency_tolerance": decisions.LATENCY_TOLERANCE,
+            "fast_enough_of_exact": decisions.FAST_ENOUGH_OF_EXACT, "fastest_setting": fastest,
             "saved_to": setting_key(store.namespace, model) if save and chosen else None,
             "load_avg_1m": os.getloadavg()[0]}
     return TuneResult(rows, chosen, built, info)
@@ -388,7 +405,8 @@ def _measure_all(store: Store, model: str, cands: list[str], n: int, dim: int, h
                      removable=decisions.supports_removal(f))
         rows += frows
         best = decisions.pick_fastest(frows, target_recall)
-        built.append({"factory": f, "build_s": build_s, "index_bytes": size, "best": best})
+        built.append({"factory": f, "build_s": build_s, "build_vectors_per_s": n / max(build_s, 1e-9),
+                      "index_bytes": size, "best": best})
         log.info("tune %s: build %.1fs, best %s", f, build_s, best)
         if progress:
             progress(f"{f}: build {build_s:.1f}s, best {best}")

@@ -45,7 +45,11 @@ def test_tune_stores_the_fastest_setting_and_the_index_uses_it(filled, tmp_path)
     need = res.info["required_recall"]  # the target plus one standard error of 60 queries
     assert 0.95 < need < 0.97
     timed = [r for r in res.rows if r["p50_ms"] is not None and r["recall_at_10"] >= need]
-    assert c.p50_ms == min(r["p50_ms"] for r in timed)  # the fastest that meets the target
+    assert c.p50_ms == min(r["p50_ms"] for r in timed)  # the fastest that meets the target (one build)
+    # build seconds per candidate and the exact p50 the pick weighs them against are in the JSON
+    assert [f["factory"] for f in res.factories] == ["PCA32,IVF32,SQ8"] and res.factories[0]["build_s"] > 0
+    assert all(r["build_s"] == res.factories[0]["build_s"] for r in res.rows)
+    assert res.info["exact_p50_ms"] > 0 and res.info["fastest_setting"]["p50_ms"] == c.p50_ms
     assert tune.load_setting(filled, MODEL) == c  # stored in the store, read back equal
     idx = SimilarityIndex(filled, MODEL, IndexConfig(mode="budget", memory_budget=0.3,
                                                      snapshot_dir=tmp_path / "snap"))

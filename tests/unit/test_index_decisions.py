@@ -249,3 +249,43 @@ def test_a_snapshot_from_the_hot_set_era_still_matches_its_settings():
     old = {**cfg.fingerprint(), "hot_fraction": 0.2}
     assert "hot_fraction" not in cfg.fingerprint() and cfg.fingerprint_matches(old)
     assert not cfg.fingerprint_matches({**old, "nlist": 64})  # other settings still make it stale
+
+
+# ---------------------------------------------------------------- rebuild speed (issue 19 item 4)
+def test_training_sample_is_capped():
+    assert dec.training_size(10**6, 1024) == 16 * 1024  # 16 per list below the cap
+    assert dec.training_size(10**6, 4096) == dec.MAX_TRAIN_POINTS == 20_000  # 65,536 without it
+    assert dec.training_size(15_000, 4096) == 15_000  # never more than n
+    assert dec.training_size(10**6, 64) == 8192  # the PCA's floor
+    assert dec.training_size(10**6, 4096, minimum=30_000) == 30_000  # an explicit minimum wins
+    assert dec.pca_training_size(20_000) == dec.PCA_TRAIN_POINTS == 8192
+    assert dec.pca_training_size(3000) == 3000
+
+
+def test_pq_sub_quantizers_train_on_a_capped_sample():
+    assert dec.pq_training_points("PQ320x4fs") == 64 * 16
+    assert dec.pq_training_points("PQ64") == 64 * 256
+    assert dec.pq_training_points("SQ8") is None
+    index = new_budget(64, "IVF4,PQ16x4fs", np.random.default_rng(0).standard_normal((500, 64), np.float32))
+    pq = faiss.downcast_index(faiss.extract_index_ivf(index)).pq
+    assert pq.cp.max_points_per_centroid * pq.ksub == dec.pq_training_points("PQ16x4fs")
+    assert pq.cp.niter == dec.PQ_KMEANS_ITER
+
+
+def test_pick_setting_prefers_the_fastest_build_among_the_fast_enough():
+    rows = [{"factory": "fs", "recall_at_10": 0.996, "p50_ms": 7.0, "build_s": 56.0},
+            {"factory": "sq8-256", "recall_at_10": 0.994, "p50_ms": 8.5, "build_s": 13.5},
+            {"factory": "sq8-128", "recall_at_10": 0.995, "p50_ms": 18.0, "build_s": 9.7},
+            {"factory": "miss", "recall_at_10": 0.98, "p50_ms": 1.0, "build_s": 1.0},
+            {"factory": "untimed", "recall_at_10": 0.999, "p50_ms": None, "build_s": 0.5}]
+    # within 25 % of the fastest p50 (7.0 -> 8.75 ms): the 4x faster build wins
+    best = dec.pick_setting(rows, 0.99)
+    assert best["factory"] == "sq8-256" and best["meets_target"]
+    # p50 <= 0.2 x exact also counts as fast enough: 18 ms <= 0.2 x 100 ms
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=100.0)["factory"] == "sq8-128"
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=30.0)["factory"] == "sq8-256"  # 6 ms: not enough
+    assert dec.pick_setting(rows, 0.99, tolerance=0.0)["factory"] == "fs"  # latency alone
+    # nobody meets the target: the most accurate timed row, marked as missing it
+    miss = dec.pick_setting(rows, 0.999)
+    assert miss["factory"] == "fs" and not miss["meets_target"]
+    assert dec.pick_setting([r | {"build_s": None} for r in rows[:1]], 0.99)["factory"] == "fs"
