@@ -128,3 +128,23 @@ def test_held_out_truth_streams_like_in_ram(filled):
                                                        for i in range(0, len(ids), 700)])
     assert (np.sort(streamed, 1) == np.sort(in_ram.truth, 1)).all()
     assert not any(q in row for q, row in zip(in_ram.ids.tolist(), streamed.tolist(), strict=True))
+
+
+def test_bench_search_reports_rebuild_phases_and_a_repeated_query_stream(tmp_path, capsys):
+    """`imgsim bench search`: the rebuild's phases show whether reading overlapped adding, and
+    ``--zipf`` replays repeated queries without any hot set (issue 19 items 4 and 5)."""
+    out = tmp_path / "b.json"
+    rc = main(["bench", "search", "--kv", f"rocksdb:{tmp_path / 'kv'}", "--namespace", "b",
+               "--synthetic", "3000", "--dim", "64", "--mode", "budget", "--budget", "0.3", "--queries", "40",
+               "--latency-queries", "5", "--exact-queries", "5", "--zipf", "120", "--json", str(out)])
+    capsys.readouterr()
+    data = json.loads(out.read_text())
+    assert rc in (0, None) and data["mode"] == "budget" and data["recall_at_10"] > 0.8
+    ph = data["rebuild_phases_s"]
+    assert {"sample", "train", "read_wait", "add", "stream"} <= set(ph)
+    assert ph["add"] > 0 and ph["read_wait"] >= 0
+    assert ph["stream"] >= ph["add"] and ph["total"] >= ph["stream"]
+    z = data["zipf"]
+    assert z["queries"] == 120 and 0 < z["distinct"] < 120 and z["p50_ms"] > 0
+    assert z["repeat_share"] == pytest.approx(1 - z["distinct"] / 120)
+    assert not [k for k in data if k.startswith("hot")]  # no hot set any more
