@@ -144,6 +144,7 @@ def test_bench_search_reports_rebuild_phases_and_a_repeated_query_stream(tmp_pat
     assert {"sample", "train", "read_wait", "add", "stream"} <= set(ph)
     assert ph["add"] > 0 and ph["read_wait"] >= 0
     assert ph["stream"] >= ph["add"] and ph["total"] >= ph["stream"]
+    assert data["rebuild_over_warm_read"] == pytest.approx(data["rebuild_s"] / data["store_read_warm_s"])
     z = data["zipf"]
     assert z["queries"] == 120 and 0 < z["distinct"] < 120 and z["p50_ms"] > 0
     assert z["repeat_share"] == pytest.approx(1 - z["distinct"] / 120)
