@@ -66,11 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--tune only these factories (repeatable; default: the candidate grid)")
     parser.add_argument("--tune-latency-queries", type=int, default=100,
                         help="single queries timed per tuned setting")
-    parser.add_argument("--hot-fraction", type=float, default=None,
-                        help="share of the budget for the hot set (default: IndexConfig's)")
-    parser.add_argument("--zipf", type=int, default=2000, metavar="N",
-                        help="replay N queries drawn Zipf-like (s=1.1) from the query set: hot-set hit "
-                             "rate and latency with and without it (0: skip)")
+    parser.add_argument("--zipf", type=int, default=0, metavar="N",
+                        help="replay N queries drawn Zipf-like (s=1.1) from the query set (users "
+                             "re-searching the same images): latency and the share of repeated "
+                             "identical queries, i.e. what a query cache could serve (default 0: skip)")
     parser.add_argument("--peers", nargs="?", const=",".join(_peers.PEERS), default=None,
                         help="also run peer libraries on the same vectors (comma list; default all: "
                              + ", ".join(_peers.PEERS) + ")")
@@ -83,6 +82,14 @@ def _load_all(store: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
         ids.append(i)
         vecs.append(v)
     return np.concatenate(ids), np.concatenate(vecs)
+
+
+def _read_pass(store: Any, model: str) -> float:
+    """Seconds of one read-only pass over the stored vectors (nothing kept): a rebuild's ceiling."""
+    t = time.perf_counter()
+    for _ in store.iter_embeddings(model, chunk_size=16384):
+        pass
+    return time.perf_counter() - t
 
 
 def _pct(times: list[float], q: float) -> float:
@@ -106,18 +113,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if have is None or have.count < args.synthetic:
                 write_to_store(store, model, args.synthetic, SyntheticSpec(dim=args.dim, seed=args.seed))
         with tempfile.TemporaryDirectory(prefix="imgsim-bench-search-") as tmp:
-            extra = {} if args.hot_fraction is None else {"hot_fraction": args.hot_fraction}
             tuned = None
             if args.tune:
                 t = time.perf_counter()
                 tuned = tune.tune(store, model, args.target_recall, budget if budget is not None else 0.1,
-                                  hot_fraction=extra.get("hot_fraction", IndexConfig.hot_fraction),
                                   queries=args.tune_queries, factories=args.tune_factory,
                                   latency_queries=args.tune_latency_queries).to_dict()
                 log.info("tune result: %s", json.dumps(tuned, default=str))
                 tuned["wall_s"] = time.perf_counter() - t
             cfg = IndexConfig(mode=args.mode, memory_budget=budget, autosave=False,
-                              snapshot_dir=args.snapshot_dir or tmp, **extra)
+                              snapshot_dir=args.snapshot_dir or tmp)
             with tune.faiss_threads():  # cores - 1 (see tune.faiss_threads); single queries use --threads
                 out = _measure(store, model, cfg, args, tmp)
             out["tune"] = tuned
@@ -176,6 +181,7 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
         del flat
         del x
 
+    warm_read_s = _read_pass(store, model)  # right before the rebuild: the same cache and load
     idx = SimilarityIndex(store, model, cfg)  # a fresh snapshot dir: this is a full rebuild
     rebuild_s = idx.last_rebuild_s
 
@@ -185,7 +191,6 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
     found100 = idx.search_batch(q, K100, [[int(i)] for i in qids])
     recall100 = float(np.mean([len({h.id for h in f} & set(tr)) / max(len(tr), 1)
                                for f, tr in zip(found100, truth100, strict=True)]))
-    hot_before = idx.stats()["hot_hit_rate"]
 
     faiss.omp_set_num_threads(args.threads)
     try:  # interleaved with the flat index (when kept), so a shared machine's load hits both alike
@@ -199,7 +204,7 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
     finally:
         faiss.omp_set_num_threads(threads)
 
-    zipf = _zipf_stream(idx, q, qids, args) if args.zipf and st_mode(idx) == "budget" else None
+    zipf = _zipf_stream(idx, q, qids, args) if args.zipf else None
     st = idx.stats()
     p50, exact_p50 = _pct(lat, 50), _pct(exact, 50)
     return {
@@ -210,20 +215,20 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
         "queries": len(q), "latency_queries": len(lat), "threads": args.threads,
         "recall_at_10": recall, "recall_at_100": recall100,
         "rerank_min": idx.config.rerank_min, "rerank_factor": idx.config.rerank_factor,
-        "tuned_factory": idx.config.factory, "hot_fraction": idx.config.hot_fraction,
-        "hot_hit_rate_uniform": hot_before, "zipf": zipf, "peers": peers,
+        "tuned_factory": idx.config.factory, "zipf": zipf, "peers": peers,
         "faiss_serialized_bytes": int(faiss.serialize_index(idx.index).nbytes),
         "p50_ms": p50, "p95_ms": _pct(lat, 95), "exact_p50_ms": exact_p50,
         "p50_over_exact_p50": p50 / exact_p50,
-        "index_bytes": st["index_bytes"], "hot_bytes": st["hot_bytes"], "ids_bytes": st["ids_bytes"],
+        "index_bytes": st["index_bytes"], "ids_bytes": st["ids_bytes"],
         "raw_vector_bytes": st["raw_vector_bytes"],
         "index_over_raw": st["index_bytes"] / st["raw_vector_bytes"],
-        "ram_over_raw": (st["index_bytes"] + st["hot_bytes"] + st["ids_bytes"]) / st["raw_vector_bytes"],
+        "ram_over_raw": (st["index_bytes"] + st["ids_bytes"]) / st["raw_vector_bytes"],
         "rebuild_s": rebuild_s, "rebuild_vectors_per_s": n / rebuild_s,
         "store_read_s": read_s, "store_read_vectors_per_s": n / read_s,
         "rebuild_over_read": rebuild_s / read_s,
+        "store_read_warm_s": warm_read_s, "store_read_warm_vectors_per_s": n / warm_read_s,
+        "rebuild_over_warm_read": rebuild_s / warm_read_s,
         "rebuild_phases_s": idx.last_rebuild_timings,
-        "hot_hit_rate": st["hot_hit_rate"], "hot_size": st["hot_size"],
         "sim_at_10": sims.get("sim_at_10"), "sim_at_100": sims.get("sim_at_100"),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "faiss": faiss.__version__, "load_avg_1m_start": load_start,
@@ -231,41 +236,32 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
     }
 
 
-def st_mode(idx: SimilarityIndex) -> str:
-    return idx.mode
+def zipf_stream(pool: int, size: int, seed: int, s: float = 1.1) -> np.ndarray:
+    """``size`` query numbers in ``[0, pool)``, query i drawn with probability ~ 1 / (i + 1)^s."""
+    w = 1.0 / np.arange(1, pool + 1) ** s
+    return np.random.default_rng(seed).choice(pool, size=size, p=w / w.sum())
 
 
 def _zipf_stream(idx: SimilarityIndex, q: np.ndarray, qids: np.ndarray,
                  args: argparse.Namespace) -> dict[str, Any]:
-    """Replay a Zipf-like stream (users re-searching popular images) with and without the hot set.
+    """Replay a Zipf-like stream (users re-searching popular images): its latency, and the share
+    of queries that repeat an earlier identical one (the most a query-result cache could serve).
 
-    Query i of the pool is drawn with probability ~ 1 / (rank_i)^1.1. The same stream runs
-    twice on the same index: with its LFU hot set (starting empty), then with the hot set
-    disabled, interleaved per query so load hits both alike.
+    There is no hot set of vectors any more (measured on this stream, it did not pay: see
+    docs/index.md); a cache of whole results for repeated queries would be the next step.
     """
-    from imgsim_lab.index.hotset import HotSet
-
-    rng = np.random.default_rng(args.seed + 7)
-    pool = len(q)
-    w = 1.0 / np.arange(1, pool + 1) ** 1.1
-    stream = rng.choice(pool, size=args.zipf, p=w / w.sum())
-    hot = HotSet(idx.hot.capacity, idx.dim)
-    cold = HotSet(0, idx.dim)
-    with_hot, without = [], []
+    stream = zipf_stream(len(q), args.zipf, args.seed + 7)
+    lat = []
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(args.threads)
     try:
         for i in stream.tolist():
-            for hs, sink in ((hot, with_hot), (cold, without)):
-                idx.hot = hs
-                t = time.perf_counter()
-                idx.search(q[i], K, exclude_ids=[int(qids[i])])
-                sink.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            idx.search(q[i], K, exclude_ids=[int(qids[i])])
+            lat.append(time.perf_counter() - t)
     finally:
         faiss.omp_set_num_threads(threads)
-        idx.hot = hot
-    return {"queries": len(stream), "distinct": int(len(set(stream.tolist()))), "s": 1.1,
-            "hot_capacity": hot.capacity, "hot_hit_rate": hot.hit_rate,
-            "p50_ms_with_hot": _pct(with_hot, 50), "p50_ms_without_hot": _pct(without, 50),
-            "mean_ms_with_hot": float(np.mean(with_hot) * 1000),
-            "mean_ms_without_hot": float(np.mean(without) * 1000)}
+    distinct = int(len(set(stream.tolist())))
+    return {"queries": len(stream), "distinct": distinct, "s": 1.1,
+            "repeat_share": 1 - distinct / max(len(stream), 1),
+            "p50_ms": _pct(lat, 50), "mean_ms": float(np.mean(lat) * 1000)}

@@ -29,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--target-recall", type=float, default=0.99, help="recall@10 to reach (default 0.99)")
     t.add_argument("--budget", default="0.1",
                    help="memory budget: a fraction (0, 1] of the raw vectors, or bytes (default 0.1)")
-    t.add_argument("--hot-fraction", type=float, default=None,
-                   help="share of the budget kept for the hot set (default: IndexConfig's)")
     t.add_argument("--queries", type=int, default=500, help="held-out stored vectors used as queries")
     t.add_argument("--latency-queries", type=int, default=100, help="single queries timed per setting")
     t.add_argument("--factory", action="append", default=None,
@@ -67,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0 < args.target_recall <= 1:
             raise SystemExit(f"--target-recall must be in (0, 1], got {args.target_recall}")
         result = tune.tune(store, args.model, args.target_recall, _budget(args.budget),
-                           hot_fraction=args.hot_fraction, queries=args.queries,
+                           queries=args.queries,
                            latency_queries=args.latency_queries, factories=args.factory, quick=args.quick,
                            removable_only=not args.allow_graph, save=not args.dry_run,
                            time_all=args.time_all)

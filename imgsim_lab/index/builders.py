@@ -7,6 +7,7 @@ releases the GIL) encodes the previous chunk, so reading and encoding overlap.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import faiss
@@ -20,8 +21,6 @@ from imgsim_lab.threads import blas_threads
 log = logging.getLogger(__name__)
 
 METRIC = faiss.METRIC_INNER_PRODUCT
-#: Vectors the PCA is trained on (a covariance of dim x dim needs a few thousand).
-PCA_SAMPLE = 8192
 #: Consecutive ids per run when sampling training vectors.
 SAMPLE_BLOCK = 64
 
@@ -41,7 +40,7 @@ def new_budget(dim: int, factory: str, sample: np.ndarray, kmeans_iter: int = 10
     parts = factory.split(",")
     if parts[0].startswith("PCA"):
         d = int(parts[0][3:])
-        pca = train_pca(sample[:PCA_SAMPLE], d)
+        pca = train_pca(sample[: decisions.pca_training_size(len(sample))], d)
         inner = _inner(d, ",".join(parts[1:]))
         _set_iter(inner, kmeans_iter)
         inner.train(pca.apply(sample))
@@ -69,6 +68,11 @@ def _inner(d: int, factory: str) -> faiss.Index:
         # polysemous training (codes ordered for Hamming filtering, by simulated annealing) took
         # 42 s for 4 sub-quantizers here and is useless under an exact re-rank
         ivf.do_polysemous_training = False
+    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
+    cap = decisions.pq_training_points(decisions.factory_parts(factory)["codec"])
+    if pq is not None and cap:  # each sub-quantizer trains on <= cap points, for fewer iterations
+        pq.cp.max_points_per_centroid = max(1, cap // pq.ksub)
+        pq.cp.niter = decisions.PQ_KMEANS_ITER
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             vt = faiss.downcast_VectorTransform(index.chain.at(i))
@@ -182,15 +186,26 @@ def sample_vectors(store: Store, model: str, size: int, watermark: int, count: i
 
 
 def stream_into(index: faiss.Index, chunks: Iterator[tuple[np.ndarray, np.ndarray]], upto_id: int,
-                total: int | None = None, desc: str = "index", skip: np.ndarray | None = None) -> np.ndarray:
+                total: int | None = None, desc: str = "index", skip: np.ndarray | None = None,
+                timings: dict[str, float] | None = None) -> np.ndarray:
     """Add every ``(ids, vectors)`` chunk with ids <= ``upto_id`` to ``index``; returns the ids added.
 
-    Ids in the sorted array ``skip`` are left out (already indexed).
+    Ids in the sorted array ``skip`` are left out (already indexed). ``timings`` gets
+    ``read_wait`` (seconds spent waiting for the next chunk: the part of reading that adding did
+    not hide) and ``add`` (seconds inside faiss' add).
     """
     added = []
+    wait = add = 0.0
+    it = iter(chunks)
     with tqdm(total=total, desc=desc, unit="vec", leave=False,
               disable=total is None or total < 65536) as bar:
-        for ids, vecs in chunks:
+        while True:
+            t = time.perf_counter()
+            nxt = next(it, None)
+            wait += time.perf_counter() - t
+            if nxt is None:
+                break
+            ids, vecs = nxt
             keep = ids <= upto_id
             done = not keep.all()
             if skip is not None and len(skip):
@@ -198,9 +213,14 @@ def stream_into(index: faiss.Index, chunks: Iterator[tuple[np.ndarray, np.ndarra
             if not keep.all():
                 ids, vecs = ids[keep], vecs[keep]
             if len(ids):
+                t = time.perf_counter()
                 index.add_with_ids(vecs, ids)
+                add += time.perf_counter() - t
                 added.append(ids)
                 bar.update(len(ids))
             if done:
                 break
+    if timings is not None:
+        timings["read_wait"] = timings.get("read_wait", 0.0) + wait
+        timings["add"] = timings.get("add", 0.0) + add
     return np.concatenate(added) if added else np.empty(0, np.int64)

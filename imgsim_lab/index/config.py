@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+#: Fingerprint keys of older snapshots that no longer shape the index (the removed hot set).
+LEGACY_FINGERPRINT_KEYS = ("hot_fraction",)
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -30,7 +33,6 @@ class IndexConfig:
     max_pca_dim: int = 128              # budget mode: PCA output dimension cap (before SQ8 codes)
     train_min: int = 8192               # budget mode: train on >= this many sampled vectors (and 39/list)
     kmeans_iter: int = 10               # k-means iterations when training the IVF
-    hot_fraction: float = 0.2           # budget mode: share of the budget for full vectors (LFU hot set)
     retrain_growth: float = 2.0         # budget mode: retrain when n grows past this x the trained n
     snapshot_dir: str | Path | None = None  # None: <data_dir>/index/<store slug>/<namespace>/<model>
     duplicate_threshold: float | None = 1e-6  # drop hits scoring >= 1 - this (identical vectors); None: off
@@ -47,18 +49,24 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "exact", "budget"):
             raise ValueError(f"mode must be auto, exact or budget, got {self.mode!r}")
-        if not 0.0 <= self.hot_fraction < 1.0:
-            raise ValueError("hot_fraction must be in [0, 1)")
         if self.k_margin < 0 or self.rerank_factor < 1 or self.retrain_growth <= 1:
             raise ValueError("k_margin >= 0, rerank_factor >= 1 and retrain_growth > 1 are required")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that shape the built index (a snapshot built otherwise is stale)."""
         d = asdict(self)
-        out = {k: d[k] for k in ("mode", "memory_budget", "nlist", "max_pca_dim", "hot_fraction")}
+        out = {k: d[k] for k in ("mode", "memory_budget", "nlist", "max_pca_dim")}
         if self.factory is not None:  # only when forced or tuned: older snapshots stay valid
             out["factory"] = self.factory
         return out
+
+    def fingerprint_matches(self, stored: dict[str, Any]) -> bool:
+        """Whether a snapshot's recorded fingerprint describes an index these settings would serve.
+
+        Snapshots made while the index kept a hot set record ``hot_fraction``: it only left part
+        of the budget unused by the index (which then fits the whole budget), so it is ignored.
+        """
+        return {k: v for k, v in stored.items() if k not in LEGACY_FINGERPRINT_KEYS} == self.fingerprint()
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -20,8 +20,6 @@ TRAIN_POINTS_PER_CENTROID = 16
 ID_BYTES = 8
 #: Rough per-entry cost of IndexIDMap2's reverse hash map (std::unordered_map<int64, int64>).
 IDMAP2_ENTRY_BYTES = 48
-#: Hot-set bookkeeping per cached vector: its slot entry plus up to 2 frequency entries.
-HOT_ENTRY_BYTES = 3 * 64
 #: PCA output dimensions we consider for budget mode, largest first.
 PCA_DIMS = (384, 256, 192, 128, 96, 64, 48, 32)
 #: Default upper bound of the PCA output (more dimensions cost rebuild speed and latency).
@@ -88,9 +86,37 @@ def nprobe_for(nlist: int, target_fraction: float = 0.05, minimum: int = 32) -> 
     return int(min(nlist, max(minimum, math.ceil(nlist * target_fraction))))
 
 
-def training_size(n: int, nlist: int, minimum: int = 8192) -> int:
-    """Vectors to train on: 16 per IVF list and >= ``minimum`` (for the PCA), at most ``n``."""
-    return int(min(n, max(minimum, TRAIN_POINTS_PER_CENTROID * nlist)))
+#: Training sample cap: k-means costs points x lists x dim per iteration, and it is part of
+#: every rebuild; with an exact re-rank more points buy no measurable recall.
+MAX_TRAIN_POINTS = 20_000
+#: Vectors the PCA covariance is computed on (a 1280 x 1280 covariance needs a few thousand).
+PCA_TRAIN_POINTS = 8192
+#: PQ sub-quantizers train on at most this many points per centroid (faiss' default is 256):
+#: 4-bit fast-scan PQ then trains each of its sub-quantizers on 1024 points, 8-bit on 16384.
+PQ_POINTS_PER_CENTROID = 64
+#: k-means iterations of the PQ sub-quantizers (faiss' default is 25).
+PQ_KMEANS_ITER = 10
+
+
+def training_size(n: int, nlist: int, minimum: int = 8192, maximum: int = MAX_TRAIN_POINTS) -> int:
+    """Vectors to sample for training: 16 per IVF list but at most ``maximum``
+    (:data:`MAX_TRAIN_POINTS`), at least ``minimum`` (for the PCA; an explicit larger minimum
+    wins), and never more than ``n``."""
+    return int(min(n, max(minimum, min(TRAIN_POINTS_PER_CENTROID * nlist, maximum))))
+
+
+def pca_training_size(n_sample: int) -> int:
+    """Rows of the training sample the PCA is computed on (:data:`PCA_TRAIN_POINTS` at most)."""
+    return int(min(n_sample, PCA_TRAIN_POINTS))
+
+
+def pq_training_points(codec: str) -> int | None:
+    """Points each PQ sub-quantizer of ``codec`` trains on at most (``None``: not a PQ codec):
+    :data:`PQ_POINTS_PER_CENTROID` x its 2^nbits centroids."""
+    pq = re.match(r"^PQ\d+(?:x(\d+))?(?:fs)?$", codec)
+    if not pq:
+        return None
+    return PQ_POINTS_PER_CENTROID * (1 << int(pq.group(1) or 8))
 
 
 def code_bytes(factory: str, dim: int) -> int:
@@ -157,14 +183,6 @@ def rerank_depth(k_fetch: int, factor: float, minimum: int = 64) -> int:
 def widen(k_fetch: int, available: int, growth: int = 4) -> int:
     """The next, larger candidate count when too few results survived (capped at ``available``)."""
     return int(min(max(k_fetch * growth, k_fetch + 1), max(available, 1)))
-
-
-def hot_capacity(budget_bytes: int, index_bytes: int, dim: int, hot_fraction: float) -> int:
-    """Full vectors the hot set may hold: its share of the budget, minus what the index overran."""
-    share = int(budget_bytes * hot_fraction)
-    spare = max(0, budget_bytes - index_bytes)
-    per_vector = dim * 4 + 2 * ID_BYTES + HOT_ENTRY_BYTES  # vector, id, count, table entries
-    return max(0, min(share, spare) // per_vector)
 
 
 def needs_retrain(n_now: int, n_trained: int, growth: float) -> bool:
@@ -328,6 +346,36 @@ def pick_fastest(rows: list[dict], target_recall: float, key: str = "recall_at_1
         return {**best, "meets_target": True}
     best = max(timed, key=lambda r: (r[key], -r["p50_ms"]))
     return {**best, "meets_target": False}
+
+
+#: A setting within this share of the fastest one's p50 counts as "as fast" when build time
+#: decides between them (timings on a shared machine jitter by about this much).
+LATENCY_TOLERANCE = 0.25
+#: ... and so does any setting whose p50 is at most this fraction of the exact flat p50 (the
+#: issue's latency target for budget search).
+FAST_ENOUGH_OF_EXACT = 0.2
+
+
+def pick_setting(rows: list[dict], target_recall: float, exact_p50_ms: float | None = None,
+                 tolerance: float = LATENCY_TOLERANCE, fast_enough: float = FAST_ENOUGH_OF_EXACT,
+                 key: str = "recall_at_10") -> dict | None:
+    """The setting a tune stores: among timed rows meeting ``target_recall`` whose p50 is within
+    ``tolerance`` of the fastest one's, or at most ``fast_enough`` x ``exact_p50_ms``, the one
+    that builds fastest (``build_s``; then p50). A rebuild is part of keeping an index, so a
+    setting 5x faster to build at a similar latency wins. No row meets the target: the most
+    accurate (as :func:`pick_fastest`). The returned row carries ``meets_target``.
+    """
+    fastest = pick_fastest(rows, target_recall, key)
+    if fastest is None or not fastest["meets_target"]:
+        return fastest
+    ok = [r for r in rows if r.get("p50_ms") is not None and r[key] >= target_recall]
+    limit = fastest["p50_ms"] * (1 + tolerance)
+    if exact_p50_ms is not None:
+        limit = max(limit, fast_enough * exact_p50_ms)
+    near = [r for r in ok if r["p50_ms"] <= limit]
+    best = min(near, key=lambda r: (math.inf if r.get("build_s") is None else r["build_s"],
+                                    r["p50_ms"], -r[key]))
+    return {**best, "meets_target": True}
 
 
 def frontier(recalls: dict[tuple[int, int], float], target_recall: float) -> list[tuple[int, int]]:

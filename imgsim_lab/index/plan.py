@@ -24,7 +24,6 @@ class Step(StrEnum):
     CATCH_UP = "catch_up"          # add the ids past the index's watermark
     DROP_DELETED = "drop_deleted"  # find the ids the store lost and remove them
     REBUILD = "rebuild"            # build a new state from the store and swap it in
-    RESIZE_HOT = "resize_hot"      # the hot set's share of the budget changed
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,6 @@ class IndexFacts:
     ntotal: int         # vectors held
     mode: str           # "exact" | "budget"
     trained_n: int      # vectors at the last (re)build
-    hot_capacity: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,13 +75,13 @@ def plan_catch_up(index: IndexFacts, store: StoreFacts) -> Plan:
 
 
 def plan_reshape(index: IndexFacts, store_count: int | None, wanted_mode: str,
-                 retrain_growth: float, hot_capacity: int, rebuilt_for_count: bool = False) -> Plan:
-    """After catching up: deletions, embeddings of old ids, mode switch, retraining, hot set.
+                 retrain_growth: float, rebuilt_for_count: bool = False) -> Plan:
+    """After catching up: deletions, embeddings of old ids, mode switch, retraining.
 
-    ``wanted_mode`` is :func:`target_mode` of the index's size, ``hot_capacity`` the hot
-    set's capacity at that size. ``rebuilt_for_count``: a rebuild for this same store
-    watermark and count already ran and still came up short (the store's count and its
-    listing disagree), so another one would not help until either moves.
+    ``wanted_mode`` is :func:`target_mode` of the index's size. ``rebuilt_for_count``: a
+    rebuild for this same store watermark and count already ran and still came up short
+    (the store's count and its listing disagree), so another one would not help until
+    either moves.
     """
     if store_count is not None and index.ntotal > store_count:
         return Plan(Step.DROP_DELETED, f"the index holds {index.ntotal} vectors, the store {store_count}")
@@ -94,6 +92,4 @@ def plan_reshape(index: IndexFacts, store_count: int | None, wanted_mode: str,
         return Plan(Step.REBUILD, f"{index.ntotal} vectors call for {wanted_mode} mode")
     if index.mode == "budget" and decisions.needs_retrain(index.ntotal, index.trained_n, retrain_growth):
         return Plan(Step.REBUILD, f"grew from {index.trained_n} to {index.ntotal} vectors since training")
-    if hot_capacity != index.hot_capacity:
-        return Plan(Step.RESIZE_HOT, f"hot set capacity {index.hot_capacity} -> {hot_capacity}")
     return Plan(Step.NOTHING)

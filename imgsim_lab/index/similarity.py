@@ -1,7 +1,7 @@
 """`SimilarityIndex`: a memory-budgeted FAISS index over one model's vectors in the store.
 
 Concurrency: what a search reads is one :class:`IndexState` (faiss index, ids, mode,
-factory, watermark, epoch, hot set). A rebuild builds a new state aside and swaps it
+factory, watermark, epoch). A rebuild builds a new state aside and swaps it
 in with one assignment, so a failed rebuild leaves the old state serving. Catch-up,
 :meth:`SimilarityIndex.add` and :meth:`SimilarityIndex.remove` change the current
 faiss index in place under the write side of a reader-writer lock, whose read side
@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from imgsim_lab.index import builders, decisions, plan, tune
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.config import Hit, IndexConfig
-from imgsim_lab.index.hotset import HotSet
 from imgsim_lab.index.plan import IndexFacts, Step, StoreFacts
 from imgsim_lab.index.rwlock import RWLock
 from imgsim_lab.pipeline import Prefetched, prefetch
@@ -80,7 +79,6 @@ class IndexState:
     watermark: int           # every store id <= this was considered
     trained_n: int           # vectors at the last (re)build
     epoch: str | None        # the store epoch it was built from
-    hot: HotSet
 
     @property
     def ntotal(self) -> int:
@@ -88,8 +86,7 @@ class IndexState:
 
 
 def _empty_state(dim: int) -> IndexState:
-    return IndexState(builders.new_exact(dim), np.empty(0, np.int64), "exact", EXACT_FACTORY, 0, 0, None,
-                      HotSet(0, dim))
+    return IndexState(builders.new_exact(dim), np.empty(0, np.int64), "exact", EXACT_FACTORY, 0, 0, None)
 
 
 class SimilarityIndex:
@@ -105,7 +102,6 @@ class SimilarityIndex:
         self.model = model_key
         self.config = config or IndexConfig()
         self.dim = store.model_dim(model_key)
-        self.config = tune.config_for(store, model_key, self.config, self.dim)  # stored tuned setting
         self.config = tune.config_for(store, model_key, self.config, self.dim)  # stored tuned setting
         self.directory = Path(self.config.snapshot_dir) if self.config.snapshot_dir else \
             snap.default_dir(snap.store_identity(store), store.namespace, model_key)
@@ -152,10 +148,6 @@ class SimilarityIndex:
         return self._state.trained_n
 
     @property
-    def hot(self) -> HotSet:
-        return self._state.hot
-
-    @property
     def ntotal(self) -> int:
         return self._state.ntotal
 
@@ -169,14 +161,8 @@ class SimilarityIndex:
     def _budget(self, n: int) -> int:
         return decisions.resolve_budget(self.config.memory_budget, n, self.dim)
 
-    def _hot_capacity(self, st: IndexState) -> int:
-        if st.mode != "budget":
-            return 0
-        return decisions.hot_capacity(self._budget(st.ntotal), self._index_bytes(st) + st.ids.nbytes,
-                                      self.dim, self.config.hot_fraction)
-
     def _facts(self, st: IndexState) -> IndexFacts:
-        return IndexFacts(st.epoch, st.watermark, st.ntotal, st.mode, st.trained_n, st.hot.capacity)
+        return IndexFacts(st.epoch, st.watermark, st.ntotal, st.mode, st.trained_n)
 
     def _store_watermark(self) -> int:
         """The store's id watermark: ids up to it are listed (the one place sync asks for it)."""
@@ -202,7 +188,7 @@ class SimilarityIndex:
             problems = []
             if (m.model, m.dim, m.namespace) != (self.model, self.dim, self.store.namespace):
                 problems.append(f"built for {m.model}/{m.dim}/{m.namespace}")
-            if m.config != self.config.fingerprint():
+            if not self.config.fingerprint_matches(m.config):
                 problems.append(f"built with other settings {m.config}")
             if m.count != index.ntotal:
                 problems.append(f"manifest count {m.count} != index ntotal {index.ntotal}")
@@ -224,9 +210,8 @@ class SimilarityIndex:
                     self.model, exc)
             return False
         self._setup_search(index)
-        st = IndexState(index, builders.index_ids(index), m.mode, m.factory, m.watermark, m.trained_n,
-                        m.epoch, HotSet(0, self.dim))
-        self._publish(replace(st, hot=HotSet(self._hot_capacity(st), self.dim)))
+        self._publish(IndexState(index, builders.index_ids(index), m.mode, m.factory, m.watermark,
+                                 m.trained_n, m.epoch))
         log.info("index %s/%s: loaded snapshot (%s, %d vectors, watermark %d)", self.store.namespace,
                  self.model, m.factory, index.ntotal, m.watermark)
         return True
@@ -287,37 +272,32 @@ class SimilarityIndex:
             else:
                 nlist = (decisions.factory_parts(self.config.factory)["nlist"] if self.config.factory
                          else None) or self.config.nlist or decisions.nlist_for(n)
-                index_budget = int(budget * (1 - self.config.hot_fraction))
                 size = decisions.training_size(n, nlist, self.config.train_min)
                 sample = builders.sample_vectors(self.store, self.model, size, upto, n)
                 timings["sample"] = time.perf_counter() - t0
                 if len(sample) < nlist:
                     nlist = max(1, len(sample) // decisions.MIN_POINTS_PER_CENTROID)
                 factory = self.config.factory or decisions.budget_factory(
-                    n, self.dim, index_budget, nlist, self.config.max_pca_dim)
+                    n, self.dim, budget, nlist, self.config.max_pca_dim)
                 # start reading now: the first chunks arrive while the index trains
                 chunks = self._read_ahead(chunk)
                 index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
                 timings["train"] = time.perf_counter() - t0 - timings["sample"]
-            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}") \
-                if chunks is not None else np.empty(0, np.int64)
+            t_stream = time.perf_counter()
+            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}",
+                                       timings=timings) if chunks is not None else np.empty(0, np.int64)
+            timings["stream"] = time.perf_counter() - t_stream  # read_wait + add when they overlap
         finally:
             if chunks is not None:
                 chunks.close()
         self._setup_search(index)
-        st = IndexState(index, np.sort(ids), mode, factory, upto, len(ids), epoch, HotSet(0, self.dim))
-        old = self._state
-        cap = self._hot_capacity(st)
-        # the hot set's vectors stay valid while the namespace does (ids are never reused within it)
-        hot = old.hot.resized(cap) if old.epoch == epoch and old.hot.capacity else HotSet(cap, self.dim)
         self.last_rebuild_s = time.perf_counter() - t0
         self.last_rebuild_timings = {**timings, "total": self.last_rebuild_s}
-        tune.after_rebuild(self)  # once, for a default build of > 20k vectors (timed apart)
         log.info("index %s/%s: built %s over %d vectors in %.2fs (%.0f vectors/s; %s; budget %d bytes)",
                  self.store.namespace, self.model, factory, len(ids), self.last_rebuild_s,
                  len(ids) / max(self.last_rebuild_s, 1e-9),
                  ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()) or "no training", budget)
-        return replace(st, hot=hot)
+        return IndexState(index, np.sort(ids), mode, factory, upto, len(ids), epoch)
 
     # ----------------------------------------------------------------- syncing
     def sync(self, wait: bool = True) -> int:
@@ -363,7 +343,7 @@ class SimilarityIndex:
             st = self._state
             wanted = plan.target_mode(st.ntotal, self.dim, self._budget(st.ntotal), self.config.mode)
             step = plan.plan_reshape(self._facts(st), count, wanted, self.config.retrain_growth,
-                                     self._hot_capacity(st), self._count_rebuild == (now.watermark, count))
+                                     self._count_rebuild == (now.watermark, count))
             if step.step is Step.DROP_DELETED:
                 self._drop_deleted()
                 if self._state.ntotal > count:  # none found gone: the count moved meanwhile
@@ -373,8 +353,6 @@ class SimilarityIndex:
                 log.info("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
                 self.rebuild()
                 self._note_disagreement(count, now.watermark)
-            elif step.step is Step.RESIZE_HOT:
-                self._publish(replace(st, hot=st.hot.resized(self._hot_capacity(st))))
             break
         return added
 
@@ -446,8 +424,6 @@ class SimilarityIndex:
                     st.index.remove_ids(faiss.IDSelectorBatch(old))
                 st.index.add_with_ids(x, ids)
                 self._publish(replace(st, ids=np.union1d(st.ids, ids)))
-            if len(old):
-                st.hot.discard(old)  # replaced: the cached vector is stale
             self._dirty = True
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -461,7 +437,6 @@ class SimilarityIndex:
             with self._rw.write():
                 removed = int(st.index.remove_ids(faiss.IDSelectorBatch(held)))
                 self._publish(replace(st, ids=np.setdiff1d(st.ids, held, assume_unique=True)))
-            st.hot.discard(held)
             self._dirty = True
             return removed
 
@@ -490,16 +465,12 @@ class SimilarityIndex:
                 break
         return hits
 
-    def _rerank(self, st: IndexState, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Full vectors of the candidates: hot ones from RAM, the rest in one store read."""
+    def _rerank(self, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Full vectors of the candidates, in one store read (ids the store lost are dropped)."""
         cand = np.unique(cand[cand >= 0])
-        mask, hot_vecs = st.hot.lookup(cand)
-        cold = cand[~mask]
-        found, cold_vecs = self.store.get_embeddings(self.model, cold) if len(cold) else \
-            (cold, np.empty((0, self.dim), np.float32))
-        ids = np.concatenate([cand[mask], found])
-        vecs = np.concatenate([hot_vecs, cold_vecs]) if len(hot_vecs) else cold_vecs
-        return ids, vecs
+        if not len(cand):
+            return cand, np.empty((0, self.dim), np.float32)
+        return self.store.get_embeddings(self.model, cand)
 
     def _probe(self, st: IndexState, round_: int) -> tuple[int, int]:
         """``(nprobe, nlist)`` for a widening round."""
@@ -542,7 +513,6 @@ class SimilarityIndex:
         rounds = 0
         while n:
             k_fetch = min(k_fetch, n)
-            last: tuple[np.ndarray, np.ndarray] | None = None
             if st.mode == "exact":
                 d, c = first if first is not None else self._exact_candidates(st, q, k_fetch)
                 ids, scores = c[0], d[0]
@@ -551,31 +521,20 @@ class SimilarityIndex:
                 d, c = first if first is not None else self._budget_candidates(st, q, k_fetch, rounds)
                 ids, scores = c[0], d[0]
                 if self.config.rerank:  # exact cosines from full vectors
-                    ids, vecs = self._rerank(st, ids)
-                    scores, last = vecs @ q[0], (ids, vecs)
+                    ids, vecs = self._rerank(ids)
+                    scores = vecs @ q[0]
                 nprobe, nlist = self._probe(st, rounds)
                 exhausted = self._depth(st, k_fetch) >= n and nprobe >= nlist  # saw every vector
             first = None
             hits = self._filter(ids, scores, excl, k)
             if len(hits) >= k or exhausted:
-                return self._record(st, hits, last)
+                return hits
             if st.mode == "budget" and rounds >= self.config.max_widen_rounds:
                 break
             rounds += 1
             k_fetch = decisions.widen(k_fetch, n)
             log.debug("only %d of %d hits survived filtering; widening to %d", len(hits), k, k_fetch)
         return self._scan_store(q, k, excl)
-
-    def _record(self, st: IndexState, hits: list[Hit],
-                last: tuple[np.ndarray, np.ndarray] | None) -> list[Hit]:
-        """Count the hits for the hot set (budget mode); frequent ones keep full vectors in RAM."""
-        if st.mode != "budget" or not st.hot.capacity or not hits or last is None:
-            return hits
-        ids, vecs = last
-        pos = {i: r for r, i in enumerate(ids.tolist())}
-        rows = [pos[h.id] for h in hits if h.id in pos]
-        st.hot.record(ids[rows], vecs[rows])
-        return hits
 
     def _scan_store(self, q: np.ndarray, k: int, excl: set[int]) -> list[Hit]:
         """Last resort: an exact scan of every stored vector, chunk by chunk."""
@@ -615,7 +574,7 @@ class SimilarityIndex:
             return [self._search_one(st, qs[i : i + 1], k, excls[i], (d[i : i + 1], c[i : i + 1]))
                     for i in range(len(qs))]
         _, c = self._budget_candidates(st, qs, k_fetch, 0)
-        ids, vecs = self._rerank(st, c.ravel())  # one store read for every query's candidates
+        ids, vecs = self._rerank(c.ravel())  # one store read for every query's candidates
         order = np.argsort(ids)
         ids, vecs = ids[order], vecs[order]
         out = []
@@ -626,14 +585,12 @@ class SimilarityIndex:
             hits = self._filter(ids[pos], vecs[pos] @ qs[i], excls[i], k)
             if len(hits) < k:
                 hits = self._search_one(st, qs[i : i + 1], k, excls[i])
-            else:
-                self._record(st, hits, (ids[pos], vecs[pos]))
             out.append(hits)
         return out
 
     # ------------------------------------------------------------------ report
     def stats(self) -> dict[str, Any]:
-        """Mode, size and memory figures, hot-set hit rate, watermark and factory."""
+        """Mode, size and memory figures, watermark and factory."""
         st = self._state
         n = st.ntotal
         return {
@@ -641,15 +598,9 @@ class SimilarityIndex:
             "ntotal": n,
             "dim": self.dim,
             "index_bytes": self._index_bytes(st),
-            "hot_bytes": st.hot.nbytes if st.hot.capacity else 0,
             "ids_bytes": int(st.ids.nbytes),
             "raw_vector_bytes": decisions.raw_vector_bytes(n, self.dim),
             "budget_bytes": self._budget(n),
-            "hot_capacity": st.hot.capacity,
-            "hot_size": len(st.hot),
-            "hot_hit_rate": st.hot.hit_rate,
-            "hot_lookups": st.hot.lookups,
-            "hot_hits": st.hot.hits,
             "watermark": st.watermark,
             "trained_n": st.trained_n,
             "epoch": st.epoch,

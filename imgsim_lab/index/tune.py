@@ -133,7 +133,7 @@ def apply_setting(config: IndexConfig, setting: TunedSetting | None, n: int, dim
     if setting is None or not config.tuned or config.factory is not None or setting.dim != dim:
         return config
     budget = decisions.resolve_budget(config.memory_budget, n, dim)
-    if not decisions.setting_fits(setting.factory, n, dim, int(budget * (1 - config.hot_fraction))):
+    if not decisions.setting_fits(setting.factory, n, dim, budget):
         log.info("tuned factory %s does not fit the budget of %d bytes at n=%d; not used",
                  setting.factory, budget, n)
         return config
@@ -269,15 +269,28 @@ def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: 
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
+def exact_p50(x: np.ndarray, q: np.ndarray, n: int = 30) -> float:
+    """p50 ms of a bare exact (flat) single query over ``x`` on one faiss thread."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    times = []
+    try:
+        for i in range(min(n, len(q))):
+            t = time.perf_counter()
+            faiss.knn(q[i : i + 1], x, K, metric=faiss.METRIC_INNER_PRODUCT)
+            times.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.percentile(np.array(times) * 1000, 50))
+
+
 def build(store: Store, model: str, factory: str, n: int, kmeans_iter: int = 10,
           seed: int = 0) -> tuple[faiss.Index, float]:
     """A ``factory`` index over every stored vector of ``model``, trained on a sample; seconds."""
     t = time.perf_counter()
     upto = store.last_id()
     nlist = decisions.factory_parts(factory)["nlist"] or 1
-    size = decisions.training_size(n, nlist)
-    if decisions.factory_parts(factory)["opq"] or "PQ" in factory:
-        size = max(size, min(n, 32768))
+    size = decisions.training_size(n, nlist)  # the sample a rebuild trains on: build_s predicts it
     sample = builders.sample_vectors(store, model, size, upto, n, seed=seed)
     chunks = prefetch(store.iter_embeddings(model, 0, 16384), 4, name="index-prefetch")
     try:
@@ -323,7 +336,7 @@ class TuneResult:
 
 
 def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: int | float | None = 0.1,
-         hot_fraction: float | None = None, queries: int = 500, latency_queries: int = 100,
+         queries: int = 500, latency_queries: int = 100,
          factories: list[str] | None = None, quick: bool = False, removable_only: bool = True,
          seed: int = 12345, save: bool = True, time_all: bool = False,
          progress: Callable[[str], None] | None = None) -> TuneResult:
@@ -336,9 +349,7 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
     n = store.model_info()[model].count
     dim = store.model_dim(model)
     budget = decisions.resolve_budget(memory_budget, n, dim)
-    if hot_fraction is None:  # the share the index will leave to its hot set
-        hot_fraction = IndexConfig.hot_fraction
-    index_budget = int(budget * (1 - hot_fraction))
+    index_budget = budget  # the index may take the whole budget (there is no hot set)
     cands = factories or decisions.candidate_factories(n, dim, index_budget, quick=quick)
     too_big = [f for f in cands if decisions.factory_bytes(f, n, dim) > index_budget]
     if too_big:  # an index could never use them: the budget would reject the setting
@@ -354,8 +365,10 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         need = decisions.with_margin(target_recall, len(ho.x))  # so it holds on fresh queries
         rows, built = _measure_all(store, model, cands, n, dim, ho, vectors, need,
                                    latency_queries, time_all, progress)
+        flat_p50 = exact_p50(vectors.x, ho.x) if vectors.x is not None else None
     pickable = [r for r in rows if r["removable"] or not removable_only]
-    best = decisions.pick_fastest(pickable, need)
+    fastest = decisions.pick_fastest(pickable, need)
+    best = decisions.pick_setting(pickable, need, flat_p50)  # build time decides among the fast ones
     chosen = None
     if best is not None:
         chosen = TunedSetting(model=model, dim=dim, n=n, factory=best["factory"], probe=int(best["probe"]),
@@ -367,9 +380,11 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         if save:
             save_setting(store, chosen)
     info = {"model": model, "n": n, "dim": dim, "target_recall": target_recall,
-            "required_recall": need, "hot_fraction": hot_fraction,
+            "required_recall": need,
             "memory_budget": memory_budget, "budget_bytes": budget, "index_budget_bytes": index_budget,
             "queries": len(ho.x), "latency_queries": latency_queries, "seconds": time.perf_counter() - t0,
+            "exact_p50_ms": flat_p50, "latency_tolerance": decisions.LATENCY_TOLERANCE,
+            "fast_enough_of_exact": decisions.FAST_ENOUGH_OF_EXACT, "fastest_setting": fastest,
             "saved_to": setting_key(store.namespace, model) if save and chosen else None,
             "load_avg_1m": os.getloadavg()[0]}
     return TuneResult(rows, chosen, built, info)
@@ -390,7 +405,8 @@ def _measure_all(store: Store, model: str, cands: list[str], n: int, dim: int, h
                      removable=decisions.supports_removal(f))
         rows += frows
         best = decisions.pick_fastest(frows, target_recall)
-        built.append({"factory": f, "build_s": build_s, "index_bytes": size, "best": best})
+        built.append({"factory": f, "build_s": build_s, "build_vectors_per_s": n / max(build_s, 1e-9),
+                      "index_bytes": size, "best": best})
         log.info("tune %s: build %.1fs, best %s", f, build_s, best)
         if progress:
             progress(f"{f}: build {build_s:.1f}s, best {best}")

@@ -71,7 +71,7 @@ def test_budget_mode_keeps_a_recall_floor(store, tmp_path):
     x = generate(spec, 0, 6000)
     idx = SimilarityIndex(store, "synthetic64", cfg(tmp_path, memory_budget=0.3, rerank_min=40))
     st = idx.stats()
-    assert st["mode"] == "budget" and st["index_bytes"] + st["hot_bytes"] <= st["budget_bytes"]
+    assert st["mode"] == "budget" and st["index_bytes"] <= st["budget_bytes"]
     ids = np.arange(1, 6001)
     rng = np.random.default_rng(3)
     recall = []
@@ -83,20 +83,9 @@ def test_budget_mode_keeps_a_recall_floor(store, tmp_path):
         scores = {i: s for i, s in want}  # re-ranked scores are exact cosines
         assert all(abs(h.score - scores[h.id]) < 1e-5 for h in hits if h.id in scores)
     assert np.mean(recall) >= 0.9
-    st = idx.stats()
-    # every query looked up its >= rerank_min candidates, and admitted its results to the hot set
-    assert st["hot_lookups"] >= 60 * 40 and 10 <= st["hot_size"] <= st["hot_capacity"]
-    assert st["hot_hit_rate"] == pytest.approx(st["hot_hits"] / st["hot_lookups"])
-    hits_before = st["hot_hits"]
-    for j in rng.choice(6000, 5, replace=False):
-        # a query asked again: its results, now more frequent than the cached ones, are admitted
-        # (LFU), and the third time all ten come from RAM
-        first = [h.id for h in idx.search(x[j], k=10, exclude_ids=[int(ids[j])])]
-        assert [h.id for h in idx.search(x[j], k=10, exclude_ids=[int(ids[j])])] == first
-        before = idx.stats()["hot_hits"]
-        assert [h.id for h in idx.search(x[j], k=10, exclude_ids=[int(ids[j])])] == first
-        assert idx.stats()["hot_hits"] - before >= 10
-    assert idx.stats()["hot_hits"] > hits_before
+    for j in rng.choice(6000, 5, replace=False):  # a query asked again gets the same answer
+        first = [(h.id, h.score) for h in idx.search(x[j], k=10, exclude_ids=[int(ids[j])])]
+        assert [(h.id, h.score) for h in idx.search(x[j], k=10, exclude_ids=[int(ids[j])])] == first
 
 
 def test_many_exact_duplicates_still_give_k_results(store, tmp_path):

@@ -1,4 +1,4 @@
-"""The index's pure decisions, the hot set and the snapshot files, on random data."""
+"""The index's pure decisions and the snapshot files, on random data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from imgsim_lab.index import decisions as dec
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.builders import new_budget, train_pca
 from imgsim_lab.index.config import IndexConfig
-from imgsim_lab.index.hotset import HotSet
 from imgsim_lab.index.synthetic import SyntheticSpec, generate, neighbour_similarity
 
 
@@ -83,27 +82,6 @@ def test_memory_estimate_matches_faiss(tmp_path):
     assert 0.8 * path.stat().st_size <= est <= 1.25 * path.stat().st_size
 
 
-def test_hot_capacity():
-    assert dec.hot_capacity(10**6, 10**6, 128, 0.2) == 0  # the index used it all
-    cap = dec.hot_capacity(10**7, 10**6, 128, 0.2)
-    assert cap == 2 * 10**6 // (128 * 4 + 16 + dec.HOT_ENTRY_BYTES)
-
-
-def test_hot_set_keeps_the_most_frequent():
-    hot = HotSet(2, 3)
-    v = np.eye(3, dtype=np.float32)
-    for _ in range(3):
-        hot.record(np.array([1]), v[:1])
-    hot.record(np.array([2, 3]), v[1:])
-    hot.record(np.array([3]), v[2:])
-    mask, vecs = hot.lookup(np.array([1, 2, 3]))
-    assert mask.tolist() == [True, False, True]
-    assert np.array_equal(vecs, v[[0, 2]]) and hot.hit_rate == pytest.approx(2 / 3)
-    hot.discard(np.array([1]))
-    mask, vecs = hot.lookup(np.array([1, 3]))
-    assert mask.tolist() == [False, True] and np.array_equal(vecs, v[2:])
-
-
 def test_pca_matches_faiss():
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((3000, 32)) @ rng.standard_normal((32, 32))).astype(np.float32)
@@ -145,17 +123,6 @@ def test_synthetic_vectors_are_seeded_normalized_and_structured():
     assert sims["sim_at_10"] - sims["sim_at_100"] > 0.03  # neighbours are separable
     with pytest.raises(ValueError):
         SyntheticSpec(latent_dim=65)
-
-
-def test_hot_set_stays_bounded_and_resizes():
-    hot = HotSet(4, 2)
-    rng = np.random.default_rng(0)
-    for i in range(5000):
-        hot.record(np.array([i % 3, 100 + i]), rng.standard_normal((2, 2)).astype(np.float32))
-    assert len(hot) == 4 and len(hot._freq) <= 2 * 4 + 1024
-    assert hot.lookup(np.array([0, 1, 2]))[0].all()  # the three frequent ids stay cached
-    small = hot.resized(2)
-    assert len(small) == 2 and small.lookup(np.array([0, 1, 2]))[0].sum() == 2
 
 
 # ---------------------------------------------------------------- tuning decisions
@@ -274,3 +241,51 @@ def test_tune_margin_shrinks_with_more_queries():
     assert dec.with_margin(0.99, 500) == pytest.approx(0.99 + (0.99 * 0.01 / 5000) ** 0.5)
     assert dec.with_margin(0.99, 50) > dec.with_margin(0.99, 500) > 0.99
     assert dec.with_margin(1.0, 10) == 1.0 and dec.with_margin(0.5, 10**9) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_snapshot_from_the_hot_set_era_still_matches_its_settings():
+    """Snapshots recorded ``hot_fraction`` (the removed hot set): it no longer shapes the index."""
+    cfg = IndexConfig(memory_budget=0.1)
+    old = {**cfg.fingerprint(), "hot_fraction": 0.2}
+    assert "hot_fraction" not in cfg.fingerprint() and cfg.fingerprint_matches(old)
+    assert not cfg.fingerprint_matches({**old, "nlist": 64})  # other settings still make it stale
+
+
+# ---------------------------------------------------------------- rebuild speed (issue 19 item 4)
+def test_training_sample_is_capped():
+    assert dec.training_size(10**6, 1024) == 16 * 1024  # 16 per list below the cap
+    assert dec.training_size(10**6, 4096) == dec.MAX_TRAIN_POINTS == 20_000  # 65,536 without it
+    assert dec.training_size(15_000, 4096) == 15_000  # never more than n
+    assert dec.training_size(10**6, 64) == 8192  # the PCA's floor
+    assert dec.training_size(10**6, 4096, minimum=30_000) == 30_000  # an explicit minimum wins
+    assert dec.pca_training_size(20_000) == dec.PCA_TRAIN_POINTS == 8192
+    assert dec.pca_training_size(3000) == 3000
+
+
+def test_pq_sub_quantizers_train_on_a_capped_sample():
+    assert dec.pq_training_points("PQ320x4fs") == 64 * 16
+    assert dec.pq_training_points("PQ64") == 64 * 256
+    assert dec.pq_training_points("SQ8") is None
+    index = new_budget(64, "IVF4,PQ16x4fs", np.random.default_rng(0).standard_normal((500, 64), np.float32))
+    pq = faiss.downcast_index(faiss.extract_index_ivf(index)).pq
+    assert pq.cp.max_points_per_centroid * pq.ksub == dec.pq_training_points("PQ16x4fs")
+    assert pq.cp.niter == dec.PQ_KMEANS_ITER
+
+
+def test_pick_setting_prefers_the_fastest_build_among_the_fast_enough():
+    rows = [{"factory": "fs", "recall_at_10": 0.996, "p50_ms": 7.0, "build_s": 56.0},
+            {"factory": "sq8-256", "recall_at_10": 0.994, "p50_ms": 8.5, "build_s": 13.5},
+            {"factory": "sq8-128", "recall_at_10": 0.995, "p50_ms": 18.0, "build_s": 9.7},
+            {"factory": "miss", "recall_at_10": 0.98, "p50_ms": 1.0, "build_s": 1.0},
+            {"factory": "untimed", "recall_at_10": 0.999, "p50_ms": None, "build_s": 0.5}]
+    # within 25 % of the fastest p50 (7.0 -> 8.75 ms): the 4x faster build wins
+    best = dec.pick_setting(rows, 0.99)
+    assert best["factory"] == "sq8-256" and best["meets_target"]
+    # p50 <= 0.2 x exact also counts as fast enough: 18 ms <= 0.2 x 100 ms
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=100.0)["factory"] == "sq8-128"
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=30.0)["factory"] == "sq8-256"  # 6 ms: not enough
+    assert dec.pick_setting(rows, 0.99, tolerance=0.0)["factory"] == "fs"  # latency alone
+    # nobody meets the target: the most accurate timed row, marked as missing it
+    miss = dec.pick_setting(rows, 0.999)
+    assert miss["factory"] == "fs" and not miss["meets_target"]
+    assert dec.pick_setting([r | {"build_s": None} for r in rows[:1]], 0.99)["factory"] == "fs"

@@ -21,8 +21,7 @@ from imgsim_lab.index.rwlock import RWLock
 
 
 def facts(**kw) -> IndexFacts:
-    base = {"epoch": "e1", "watermark": 100, "ntotal": 100, "mode": "exact", "trained_n": 100,
-            "hot_capacity": 0}
+    base = {"epoch": "e1", "watermark": 100, "ntotal": 100, "mode": "exact", "trained_n": 100}
     return IndexFacts(**{**base, **kw})
 
 
@@ -47,24 +46,22 @@ def test_plan_catch_up_of_a_namespace_without_epoch():
 
 
 def test_plan_reshape_counts_first():
-    assert plan_reshape(facts(ntotal=100), 90, "exact", 2.0, 0).step is Step.DROP_DELETED
-    grew = plan_reshape(facts(ntotal=100), 120, "exact", 2.0, 0)
+    assert plan_reshape(facts(ntotal=100), 90, "exact", 2.0).step is Step.DROP_DELETED
+    grew = plan_reshape(facts(ntotal=100), 120, "exact", 2.0)
     assert grew.step is Step.REBUILD and "old images" in grew.reason
     # a rebuild for this same watermark and count came up short already: no rebuild storm
-    assert plan_reshape(facts(ntotal=100), 120, "exact", 2.0, 0, rebuilt_for_count=True).step is Step.NOTHING
+    assert plan_reshape(facts(ntotal=100), 120, "exact", 2.0, rebuilt_for_count=True).step is Step.NOTHING
     # while a writer keeps adding the count is not comparable: neither drop nor rebuild for it
-    assert plan_reshape(facts(ntotal=100), None, "exact", 2.0, 0) == Plan(Step.NOTHING)
+    assert plan_reshape(facts(ntotal=100), None, "exact", 2.0) == Plan(Step.NOTHING)
 
 
-def test_plan_reshape_mode_retrain_and_hot_set():
-    assert plan_reshape(facts(), 100, "budget", 2.0, 0).step is Step.REBUILD
-    budget = facts(mode="budget", ntotal=300, trained_n=200, hot_capacity=50)
-    assert plan_reshape(budget, 300, "budget", 2.0, 50) == Plan(Step.NOTHING)
-    retrain = plan_reshape(facts(mode="budget", ntotal=401, trained_n=200, hot_capacity=50), 401,
-                           "budget", 2.0, 50)
+def test_plan_reshape_mode_and_retrain():
+    assert plan_reshape(facts(), 100, "budget", 2.0).step is Step.REBUILD
+    budget = facts(mode="budget", ntotal=300, trained_n=200)
+    assert plan_reshape(budget, 300, "budget", 2.0) == Plan(Step.NOTHING)
+    retrain = plan_reshape(facts(mode="budget", ntotal=401, trained_n=200), 401, "budget", 2.0)
     assert retrain.step is Step.REBUILD and "since training" in retrain.reason
-    assert plan_reshape(budget, 300, "budget", 2.0, 60).step is Step.RESIZE_HOT
-    assert plan_reshape(budget, 300, "exact", 2.0, 0).step is Step.REBUILD  # shrank below the switch
+    assert plan_reshape(budget, 300, "exact", 2.0).step is Step.REBUILD  # shrank below the switch
 
 
 def test_target_mode():
