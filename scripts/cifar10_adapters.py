@@ -42,6 +42,10 @@ def load_features(specs: list[str]) -> dict[str, dict[str, np.ndarray]]:
                 feats[name][k] = z[k]
         log.info("%s: %s train, %s test from %s", name, feats[name]["train_x"].shape,
                  feats[name]["test_x"].shape, path)
+        if "train_xf" in z and "test_xf" in z:  # test-time flip averaging, as the *_flip models do
+            feats[f"{name}-flip"] = {"train_x": _l2(z["train_x"] + z["train_xf"]),
+                                     "test_x": _l2(z["test_x"] + z["test_xf"]),
+                                     "train_y": z["train_y"], "test_y": z["test_y"]}
     first = next(iter(feats.values()))
     for name, f in feats.items():
         same = np.array_equal(f["train_y"], first["train_y"]) and np.array_equal(f["test_y"], first["test_y"])
@@ -50,16 +54,24 @@ def load_features(specs: list[str]) -> dict[str, dict[str, np.ndarray]]:
     return feats
 
 
-def rows_for(names: list[str]) -> list[dict]:
-    """The comparison: one dict per row (what to build and how)."""
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def rows_for(names: list[str], concats: list[list[str]] | None = None) -> list[dict]:
+    """The comparison: one dict per row (what to build and how). ``concats``: the groups of
+    feature sets to concatenate (default: all of them, when there are several)."""
+    if concats is None:
+        concats = [names] if len(names) > 1 else []
     rows = [{"row": f"{n} frozen", "bases": [n], "steps": []} for n in names]
     rows += [{"row": f"{n} centred", "bases": [n], "steps": [("center", {})]} for n in names]
     rows += [{"row": f"{n} whitened 256 (shrink 0.25)", "bases": [n],
               "steps": [("whiten", {"dim": 256, "shrinkage": 0.25})]} for n in names]
-    if len(names) > 1:
-        cat = "+".join(names)
-        rows.append({"row": f"concat {cat}", "bases": names, "steps": []})
-        rows.append({"row": f"concat {cat} centred", "bases": names, "steps": [("center", {})]})
+    for group in concats:
+        cat = "+".join(group)
+        rows.append({"row": f"concat {cat}", "bases": group, "steps": []})
+        rows.append({"row": f"concat {cat} centred", "bases": group, "steps": [("center", {})]})
     for n in names:
         for kind, loss in (("mlp", "cos_softmax"), ("linear", "cos_softmax"), ("mlp", "proxy_anchor"),
                            ("mlp", "supcon")):
@@ -72,13 +84,16 @@ def rows_for(names: list[str]) -> list[dict]:
         for loss in ("cos_softmax", "proxy_anchor", "supcon"):
             rows.append({"row": f"{n} mlp {loss}", "bases": [n],
                          "steps": [("adapter", {"kind": "mlp", "loss": loss})]})
-    if len(names) > 1:
-        cat = "+".join(names)
+    for group in concats:
+        cat = "+".join(group)
         for kind in ("linear", "mlp"):
             for loss in ("cos_softmax", "proxy_anchor"):
-                rows.append({"row": f"concat {cat} → whiten 512 → {kind} {loss}", "bases": names,
+                rows.append({"row": f"concat {cat} → whiten 512 → {kind} {loss}", "bases": group,
                              "steps": [("whiten", {"dim": 512, "shrinkage": 0.1}),
                                        ("adapter", {"kind": kind, "loss": loss})]})
+        for loss in ("cos_softmax", "proxy_anchor", "supcon"):
+            rows.append({"row": f"concat {cat} mlp {loss}", "bases": group,
+                         "steps": [("adapter", {"kind": "mlp", "loss": loss})]})
     return rows
 
 
@@ -114,7 +129,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--feature", action="append", required=True, help="NAME=PATH.npz (repeatable)")
     ap.add_argument("--out", default="experiments/runs/cifar10_adapters_cached")
-    ap.add_argument("--only", action="append", default=None, help="row names (substring match)")
+    ap.add_argument("--only", action="append", default=None,
+                    help="row names to run (exact; a trailing * matches a prefix)")
+    ap.add_argument("--concat", action="append", default=None, metavar="A+B+C",
+                    help="feature sets to concatenate (repeatable; default: all of them). A set "
+                         "NAME whose cache holds flipped vectors also gives NAME-flip (averaged)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--codes-from", default=None, help="row whose vectors give the 48/64-bit codes "
@@ -134,9 +153,15 @@ def main() -> None:
     y_db = next(iter(feats.values()))["train_y"].astype(np.int64)
     y_q = next(iter(feats.values()))["test_y"].astype(np.int64)
     vectors = {}
-    for row in rows_for(list(feats)):
+    concats = [c.split("+") for c in args.concat] if args.concat else None
+    for group in concats or ():
+        missing = [g for g in group if g not in feats]
+        if missing:
+            raise SystemExit(f"--concat {'+'.join(group)}: no feature set {missing} (have {sorted(feats)})")
+    for row in rows_for(list(feats), concats):
         name = row["row"]
-        if args.only and not any(s in name for s in args.only):
+        if args.only and not any(s == name or (s.endswith("*") and name.startswith(s[:-1]))
+                                 for s in args.only):
             continue
         if name in results["rows"] and not (args.codes_from and name == args.codes_from):
             continue
