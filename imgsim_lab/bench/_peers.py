@@ -14,8 +14,8 @@ vectors, the vectors themselves freed), and recall@10 / p50 / p95 for a few sett
 A worker's stderr goes to ``WORKDIR/peer-<name>.log`` and, while it runs, the worker dumps its
 Python stack there every ``STACK_DUMP_S`` seconds (``faulthandler``), so a slow or stuck peer
 shows where it is. autofaiss at a 10 % budget on 1280-d vectors chooses
-``OPQ256_1536,IVF1024_HNSW32,PQ256x8`` and trains the OPQ rotation on every vector (50 faiss
-iterations; its own estimate is ~17 min of one idle core for 50k vectors), so its time limit is
+``OPQ256_1536,IVF1024_HNSW32,PQ256x8`` and trains it on every vector (its own estimate: ~17 min of
+one idle core for 50k vectors; 62 min measured on the shared 2-core box), so its time limit is
 longer than the others' (``TIMEOUT_S``).
 """
 
