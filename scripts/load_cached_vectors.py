@@ -1,13 +1,16 @@
-"""Store cached CIFAR-10 vectors (an ``.npz`` of ``train_x``/``train_paths``…) as a model's embeddings.
+"""Store cached vectors (an ``.npz`` of ``train_x``/``train_paths``…) as a model's embeddings.
 
 Lets ``imgsim adapter train``, search and the benchmark run on the full 50,000-image
 database without re-embedding it: each file is hashed and added as a record (label = its
-class folder, source = ``cifar10/<split>/<class>/<name>``, like ``imgsim ingest``) with the
+class folder, source = ``<dataset>/<split>/<class>/<name>``, e.g. ``cifar10/train/cat/0001.jpg`` or
+``fashion-mnist/train/coat/00001.png``, like ``imgsim ingest``) with the
 cached vector under ``--model`` at the version the model has in this code (checked by
 building the model), so later ingests and searches agree with it.
 
     python scripts/load_cached_vectors.py /work/cache/cifar10_lite0_160.npz --model efficientnet_lite0 \
         --split train --kv rocksdb:data/kv --namespace cifar10-full
+    python scripts/load_cached_vectors.py /work/cache/fmnist_lite0_160.npz --model efficientnet_lite0 \
+        --split train --kv rocksdb:data/kv --namespace fashion-mnist
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def main() -> None:
             data = p.read_bytes()
             with Image.open(p) as im:
                 w, h = im.size
-            source = f"cifar10/{args.split}/{p.parent.name}/{p.name}"
+            source = f"{p.parents[2].name}/{args.split}/{p.parent.name}/{p.name}"  # <dataset>/<split>/…
             batch.append(NewImage(hashlib.sha256(data).hexdigest(), source, w, h, p.parent.name,
                                   {m.key: np.ascontiguousarray(x[i], np.float32)}))
             if len(batch) == 1024:

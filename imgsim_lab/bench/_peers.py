@@ -10,10 +10,18 @@ Peers: ``hnswlib`` (HNSW32, every float32 vector in RAM), ``lancedb`` (IVF_PQ on
 ``refine_factor``), ``autofaiss`` (``build_index`` with the same memory budget). Each
 reports build seconds, resident RAM (VmRSS growth over the process after loading the
 vectors, the vectors themselves freed), and recall@10 / p50 / p95 for a few settings.
+
+A worker's stderr goes to ``WORKDIR/peer-<name>.log`` and, while it runs, the worker dumps its
+Python stack there every ``STACK_DUMP_S`` seconds (``faulthandler``), so a slow or stuck peer
+shows where it is. autofaiss at a 10 % budget on 1280-d vectors chooses
+``OPQ256_1536,IVF1024_HNSW32,PQ256x8`` and trains it on every vector (its own estimate: ~17 min of
+one idle core for 50k vectors; 62 min measured on the shared 2-core box), so its time limit is
+longer than the others' (``TIMEOUT_S``).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -31,6 +39,12 @@ PEERS = ("hnswlib", "lancedb", "autofaiss")
 #: Build threads for every peer, as for ours (cores - 1: a reader thread has the other core).
 BUILD_THREADS = max(1, (os.cpu_count() or 2) - 1)
 VENVS = {"hnswlib": None, "lancedb": "/work/peers-venv", "autofaiss": "/work/peers-venv-autofaiss"}
+#: Default time limit per peer (seconds); ``run_peers(timeout_s=…)`` overrides it for all.
+TIMEOUT_S = {"hnswlib": 900.0, "lancedb": 1800.0, "autofaiss": 5400.0}
+#: A running worker writes its Python stack to its log this often ($IMGSIM_PEER_STACK_DUMP_S).
+STACK_DUMP_S = float(os.environ.get("IMGSIM_PEER_STACK_DUMP_S", "300"))
+#: What autofaiss is told the machine has for training (it sizes its training sample from it).
+AUTOFAISS_MEMORY = "4G"
 
 
 def _rss_mb() -> float:
@@ -108,15 +122,20 @@ def run_autofaiss(x, q, qrows, truth, budget_bytes, n_lat, tmp):
     import faiss
     from autofaiss import build_index
 
+    faiss.omp_set_num_threads(BUILD_THREADS)  # as OMP_NUM_THREADS: no oversubscription on a shared box
     t = time.perf_counter()
+    # CPU only, in RAM (not memory-mappable), no direct map; progress logged (INFO) to the peer's log
     index, info = build_index(embeddings=x, save_on_disk=False, metric_type="ip",
                               max_index_memory_usage=f"{max(1, budget_bytes // (1 << 20))}MB",
-                              current_memory_available="4G", min_nearest_neighbors_to_retrieve=K + 1,
-                              max_index_query_time_ms=10, verbose=30, nb_cores=BUILD_THREADS)
+                              current_memory_available=AUTOFAISS_MEMORY,
+                              min_nearest_neighbors_to_retrieve=K + 1, max_index_query_time_ms=10,
+                              use_gpu=False, should_be_memory_mappable=False, make_direct_map=False,
+                              verbose=logging.INFO, nb_cores=BUILD_THREADS)
     build_s = time.perf_counter() - t
     faiss.omp_set_num_threads(1)
     found, p50, p95 = _timed(lambda v: index.search(v[None, :], K + 1)[1][0], q, qrows, n_lat)
     return {"build_s": build_s, "rss_mb_built": _rss_mb(),
+            "index_bytes": int(faiss.serialize_index(index).size), "budget_bytes": int(budget_bytes),
             "index": str(info.get("index_key")) if isinstance(info, dict) else str(info),
             "info": {k: str(v) for k, v in (info or {}).items()} if isinstance(info, dict) else None,
             "settings": [{"setting": "autofaiss' own tuning", "recall_at_10": _recall(found, truth),
@@ -124,6 +143,8 @@ def run_autofaiss(x, q, qrows, truth, budget_bytes, n_lat, tmp):
 
 
 def worker(workdir: str, peer: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    faulthandler.dump_traceback_later(STACK_DUMP_S, repeat=True)  # to stderr = the peer's log
     d = Path(workdir)
     meta = json.loads((d / "meta.json").read_text())
     base = _rss_mb()
@@ -145,6 +166,11 @@ def worker(workdir: str, peer: str) -> None:
 
 
 # ------------------------------------------------------------------------------ driver
+def _tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a peer's log, joined on one line."""
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
 def python_for(peer: str) -> str:
     env = os.environ.get(f"IMGSIM_PEER_PYTHON_{peer.upper()}")
     if env:
@@ -157,8 +183,11 @@ def python_for(peer: str) -> str:
 
 def run_peers(x: np.ndarray, q: np.ndarray, qrows: np.ndarray, truth_rows: np.ndarray, budget_bytes: int,
               workdir: str, peers: tuple[str, ...] = PEERS, latency_queries: int = 200,
-              timeout_s: float = 900) -> dict[str, dict]:
-    """Run each peer in its own process on the same data; returns ``{peer: result or error}``."""
+              timeout_s: float | None = None) -> dict[str, dict]:
+    """Run each peer in its own process on the same data; returns ``{peer: result or error}``.
+
+    ``timeout_s``: limit per peer (default ``TIMEOUT_S[peer]``). Each result names its ``log``.
+    """
     d = Path(workdir)
     d.mkdir(parents=True, exist_ok=True)
     np.save(d / "x.npy", np.ascontiguousarray(x, np.float32))
@@ -170,19 +199,23 @@ def run_peers(x: np.ndarray, q: np.ndarray, qrows: np.ndarray, truth_rows: np.nd
     out = {}
     for peer in peers:
         py = python_for(peer)
+        limit = timeout_s if timeout_s is not None else TIMEOUT_S.get(peer, 900.0)
+        log_path = d / f"peer-{peer}.log"
         t = time.perf_counter()
-        try:
-            p = subprocess.run([py, __file__, str(d), peer], capture_output=True, text=True,
-                               timeout=timeout_s, env={**os.environ, "OMP_NUM_THREADS": str(BUILD_THREADS)})
-            res_file = d / f"result-{peer}.json"
-            if p.returncode == 0 and res_file.exists():
-                out[peer] = json.loads(res_file.read_text())
-            else:
-                tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
-                out[peer] = {"peer": peer, "error": f"exit {p.returncode}: " + " | ".join(tail)}
-        except subprocess.TimeoutExpired:
-            out[peer] = {"peer": peer, "error": f"timed out after {timeout_s:.0f} s"}
-        out[peer]["python"] = py
+        env = {**os.environ, "OMP_NUM_THREADS": str(BUILD_THREADS), "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "w") as log_file:
+            try:
+                p = subprocess.run([py, __file__, str(d), peer], stdout=log_file, stderr=subprocess.STDOUT,
+                                   timeout=limit, env=env)
+                res_file = d / f"result-{peer}.json"
+                if p.returncode == 0 and res_file.exists():
+                    out[peer] = json.loads(res_file.read_text())
+                else:
+                    out[peer] = {"peer": peer, "error": f"exit {p.returncode}: " + _tail(log_path)}
+            except subprocess.TimeoutExpired:
+                out[peer] = {"peer": peer, "error": f"timed out after {limit:.0f} s (stack dumps in "
+                                                    f"{log_path}): " + _tail(log_path)}
+        out[peer].update(python=py, log=str(log_path))
         out[peer]["wall_s"] = time.perf_counter() - t
         log.info("peer %s: %s", peer, json.dumps(out[peer]))
     return out

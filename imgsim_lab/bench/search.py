@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", nargs="?", const=",".join(_peers.PEERS), default=None,
                         help="also run peer libraries on the same vectors (comma list; default all: "
                              + ", ".join(_peers.PEERS) + ")")
-    parser.add_argument("--peer-timeout", type=float, default=900, help="seconds per peer")
+    parser.add_argument("--peer-timeout", type=float, default=None,
+                        help="seconds per peer (default: _peers.TIMEOUT_S, autofaiss 5400)")
 
 
 def _load_all(store: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
