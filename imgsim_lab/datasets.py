@@ -22,6 +22,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,6 @@ def setup_cifar10(dest: Path | None = None, source: str | Path | None = None,
         raise FileExistsError(f"{dest} exists without {MARKER} (not a finished set-up); "
                               "remove it or use force=True / --force")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(dest)
     dl_prefix = f".{dest.name}{_TMP_PREFIX}{os.getpid()}-download-"
     with tempfile.TemporaryDirectory(prefix=dl_prefix, dir=dest.parent) as dl:
         archive = _resolve_source(source, Path(dl))
@@ -177,14 +177,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _extract_atomically(archive: Path, label: str, dest: Path, progress: bool,
-                        require_full: bool) -> dict[str, Any]:
-    """Extract into ``.<dest>.tmp-<pid>-*`` next to ``dest``, check, mark, then rename."""
-    sha = sha256_file(archive)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP_PREFIX}{os.getpid()}-",
-                                dir=dest.parent))
+@contextmanager
+def staging(dest: Path) -> Iterator[Path]:
+    """A fresh ``.<dest>.tmp-<pid>-*`` next to ``dest`` (stale ones of dead processes removed
+    first) to build a dataset in; removed when the body fails. Finish with :func:`publish`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP_PREFIX}{os.getpid()}-", dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the renamed dataset should be readable
     try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(tmp: Path, dest: Path, marker: dict[str, Any]) -> None:
+    """Mark the staged dataset complete and rename it into place (an old ``dest`` goes)."""
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    _swap_into_place(tmp, dest)
+
+
+def _extract_atomically(archive: Path, label: str, dest: Path, progress: bool,
+                        require_full: bool) -> dict[str, Any]:
+    """Extract into a staging directory next to ``dest``, check, mark, then rename."""
+    sha = sha256_file(archive)
+    with staging(dest) as tmp:
         if zipfile.is_zipfile(archive):
             fmt, expected = "jpeg-zip", _extract_zip(archive, tmp, progress)
         elif tarfile.is_tarfile(archive):
@@ -199,11 +217,7 @@ def _extract_atomically(archive: Path, label: str, dest: Path, progress: bool,
             "per_class": per_class, "full": _is_full(per_class),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, dest, marker)
     return marker
 
 

@@ -12,11 +12,7 @@ set-up does), so an interrupted run never leaves a directory that looks complete
 from __future__ import annotations
 
 import gzip
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgsim_lab.config import data_dir
-from imgsim_lab.datasets import (
-    _TMP_PREFIX,
-    MARKER,
-    SPLITS,
-    _remove_stale_tmp,
-    _swap_into_place,
-    read_marker,
-)
+from imgsim_lab.datasets import MARKER, SPLITS, publish, read_marker, staging
 from imgsim_lab.images import sha256_file
 
 log = logging.getLogger(__name__)
@@ -140,11 +129,7 @@ def setup_fashion_mnist(dest: Path | None = None, source: str | Path | None = No
                               "remove it or use --force")
     files = idx_paths(src)
     splits = {s: load_split(*files[s]) for s in SPLITS}  # all parsed before anything is written
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP_PREFIX}{os.getpid()}-", dir=dest.parent))
-    tmp.chmod(0o755)
-    try:
+    with staging(dest) as tmp:
         per_class = _write_pngs(splits, tmp, progress)
         marker = {
             "source": str(src), "format": "idx",
@@ -153,11 +138,7 @@ def setup_fashion_mnist(dest: Path | None = None, source: str | Path | None = No
             "full": all(len(splits[s][1]) == FULL_COUNTS[s] for s in SPLITS),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, dest, marker)
     log.info("Fashion-MNIST set up in %s: %s", dest, marker["counts"])
     return {**marker, "dest": str(dest), "skipped": False,
             "seconds": round(time.perf_counter() - t0, 3)}

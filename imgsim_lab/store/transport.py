@@ -14,6 +14,7 @@ speed (redis-py copies every argument below 6 KB several times).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
@@ -144,26 +145,12 @@ class Transport:
         return self.run(sent)
 
     def _stream_once(self, blocks: Iterator[Sequence[Routed]], sent: list[Routed]) -> list:
-        pool = self._pool()
-        conn = pool.get_connection()
-        ok = False
-        try:
+        with _connection(self._pool()) as conn:
             for block in blocks:
                 sent += block
                 for c in _coalesced([c for _, c in block]):
                     conn.send_packed_command([c], check_health=False)
-            out = []
-            for _ in sent:
-                try:
-                    out.append(conn.read_response())
-                except redis.exceptions.ResponseError as exc:
-                    out.append(exc)
-            ok = True
-            return out
-        finally:
-            if not ok:
-                conn.disconnect()
-            pool.release(conn)
+            return _read_replies(conn, len(sent))
 
     def _pool(self) -> redis.ConnectionPool:
         raise NotImplementedError
@@ -188,22 +175,9 @@ class Transport:
 
     def _send_on(self, pool: redis.ConnectionPool, cmds: Sequence[bytes]) -> list:
         """All commands on one connection, then every reply (error replies as objects)."""
-        conn = pool.get_connection()
-        ok = False
-        try:
+        with _connection(pool) as conn:
             conn.send_packed_command(_coalesced(cmds), check_health=False)
-            out = []
-            for _ in cmds:
-                try:
-                    out.append(conn.read_response())
-                except redis.exceptions.ResponseError as exc:
-                    out.append(exc)
-            ok = True
-            return out
-        finally:
-            if not ok:
-                conn.disconnect()
-            pool.release(conn)
+            return _read_replies(conn, len(cmds))
 
     def _run_once(self, routed: Sequence[Routed]) -> list:
         raise NotImplementedError
@@ -216,6 +190,31 @@ class Transport:
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _connection(pool: redis.ConnectionPool) -> Iterator[redis.Connection]:
+    """A connection of ``pool``, released after use; dropped if the use failed midway."""
+    conn = pool.get_connection()
+    ok = False
+    try:
+        yield conn
+        ok = True
+    finally:
+        if not ok:
+            conn.disconnect()
+        pool.release(conn)
+
+
+def _read_replies(conn: redis.Connection, n: int) -> list:
+    """The next ``n`` replies on ``conn``, error replies as exception objects."""
+    out = []
+    for _ in range(n):
+        try:
+            out.append(conn.read_response())
+        except redis.exceptions.ResponseError as exc:
+            out.append(exc)
+    return out
 
 
 def _raise(err: BaseException) -> None:
@@ -314,26 +313,16 @@ class ClusterTransport(Transport):
             groups.setdefault(node.name, (node, []))[1].append(i)
         replies: list = [None] * len(routed)
         # every node's commands first, then every node's replies: the nodes work in parallel
-        held: list[tuple[redis.ConnectionPool, redis.Connection, list[int]]] = []
-        ok = False
-        try:
+        with contextlib.ExitStack() as stack:
+            held = []
             for node, idx in groups.values():
                 pool = self.client.get_redis_connection(node).connection_pool
-                conn = pool.get_connection()
-                held.append((pool, conn, idx))
+                conn = stack.enter_context(_connection(pool))
                 conn.send_packed_command(_coalesced([routed[i][1] for i in idx]), check_health=False)
-            for _, conn, idx in held:
-                for i in idx:
-                    try:
-                        replies[i] = conn.read_response()
-                    except redis.exceptions.ResponseError as exc:
-                        replies[i] = exc
-            ok = True
-        finally:
-            for pool, conn, _ in held:
-                if not ok:
-                    conn.disconnect()
-                pool.release(conn)
+                held.append((conn, idx))
+            for conn, idx in held:
+                for i, r in zip(idx, _read_replies(conn, len(idx)), strict=True):
+                    replies[i] = r
         return replies
 
     def _on_failure(self, exc: Exception) -> None:
