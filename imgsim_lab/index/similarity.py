@@ -111,6 +111,7 @@ class SimilarityIndex:
         self._state = _empty_state(self.dim)
         self.last_rebuild_s = 0.0
         self.last_rebuild_timings: dict[str, float] = {}
+        self.rebuilds = 0                  # full rebuilds by this object (a sync should rarely need one)
         self._dirty = False
         # (store watermark, count) at the last rebuild that still fell short of the store's count
         self._count_rebuild: tuple[int, int] | None = None
@@ -239,6 +240,7 @@ class SimilarityIndex:
         with self._update:
             st = self._build()
             self._publish(st)
+            self.rebuilds += 1
             self._dirty = True
             tune.after_rebuild(self)  # once, for a default build of > 20k vectors (timed apart)
             if self.config.autosave:
@@ -608,6 +610,7 @@ class SimilarityIndex:
             "nprobe": getattr(builders.ivf_of(st.index), "nprobe", None),
             "snapshot_dir": str(self.directory),
             "last_rebuild_s": self.last_rebuild_s,
+            "rebuilds": self.rebuilds,
         }
 
     def __repr__(self) -> str:

@@ -216,6 +216,7 @@ def test_searches_keep_answering_while_an_ingest_runs(tmp_path, redis_url, names
             return out
 
         idle = timed() + timed()
+        rebuilds_before = searcher.index.rebuilds
         proc = subprocess.Popen(_ingest_cmd(more, redis_url, "--no-index"), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         loaded: list[float] = []
@@ -228,14 +229,20 @@ def test_searches_keep_answering_while_an_ingest_runs(tmp_path, redis_url, names
         assert proc.returncode == 0, proc.stderr.read()
         assert not errors, errors[:3]
         assert len(loaded) >= 20
+        rebuilds = searcher.index.rebuilds - rebuilds_before
         report = {"idle_p50_ms": statistics.median(idle), "load_p50_ms": statistics.median(loaded),
                   "idle_p95_ms": float(np.percentile(idle, 95)),
-                  "load_p95_ms": float(np.percentile(loaded, 95)), "searches_under_load": len(loaded)}
+                  "load_p95_ms": float(np.percentile(loaded, 95)), "searches_under_load": len(loaded),
+                  "rebuilds_under_load": rebuilds}
         report["load_over_idle_p50"] = report["load_p50_ms"] / report["idle_p50_ms"]
-        # a bound that holds on a shared 2-core box (seen: 2x) but not when a search waits
-        # on the ingest (a lock, a full rebuild per query: 10x and more)
-        assert report["load_over_idle_p50"] <= 5.0, report
+        # What the test guards is structural, not a latency ratio (the ingest takes both cores
+        # of a 2-core box, so the ratio swings with the machine): the searches catch up with the
+        # growing store incrementally instead of rebuilding per query, and none waits on the
+        # ingest (a held lock or a blocked server shows as seconds, not milliseconds).
+        assert rebuilds <= 2, report
         assert report["load_p95_ms"] <= 1000.0, report
+        searcher.index.sync()
+        assert searcher.index.ntotal == 1500, report  # and it did keep up with the ingest
         out = tmp_path / "data" / "reports"  # the test's data dir, never the repository's
         out.mkdir(parents=True, exist_ok=True)
         (out / "search_under_load.json").write_text(json.dumps(report, indent=2))
