@@ -274,9 +274,9 @@ def delete_derived(store: Store, key: str, *, cascade: bool = False) -> dict[str
         n += store.raw_delete([k.emb(key, i) for i, h in zip(chunk, has, strict=True) if h])
     # orphans (vectors without a record) are `imgsim check --repair`'s job; the facts go now
     base = _spec_key(store, key)
-    store.raw_delete([k.model(key), k.eids(key), base, f"{base}:tensors", f"{base}:trained"])
+    store.raw_delete([base, f"{base}:tensors", f"{base}:trained"])
+    store.forget_model(key)
     _write_list(store, [x for x in list_derived(store) if x != key])
-    store._dims.pop(key, None)
     _drop_snapshots(store, key)
     removed[key] = n
     log.info("derived model %s deleted (%d vectors)", key, n)

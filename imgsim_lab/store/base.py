@@ -126,6 +126,16 @@ class Store(ABC):
     @abstractmethod
     def _register_model(self, name: str, dim: int, version: str) -> ModelInfo: ...
 
+    def forget_model(self, name: str) -> None:
+        """Remove a model's facts and id set (its vectors are the caller's to delete first)."""
+        check_name("model", name)
+        self._check_writable()
+        self._forget_model(name)
+        self._dims.pop(name, None)
+
+    @abstractmethod
+    def _forget_model(self, name: str) -> None: ...
+
     @abstractmethod
     def model_info(self) -> dict[str, ModelInfo]:
         """Every model of the namespace with its dim, version and embedding count."""

@@ -187,6 +187,11 @@ class RespStore(Store):
         self._t.command("SADD", self.keys.models, name)  # after the facts: a crash is healed by retrying
         return self._model_from(name, _pairs(raw), 0)
 
+    def _forget_model(self, name: str) -> None:
+        k = self.keys
+        self._t.run([(k.models, pack(["SREM", k.models, name])),
+                     *((key, pack(["DEL", key])) for key in (k.model(name), k.eids(name)))])
+
     @staticmethod
     def _model_from(name: str, f: dict, count: int) -> ModelInfo:
         try:

@@ -242,6 +242,10 @@ class RocksStore(Store):
             self._db.put(self.keys.model(name).encode(), json.dumps(info).encode())
             return ModelInfo(name, dim, version, 0)
 
+    def _forget_model(self, name: str) -> None:
+        with self._lock:
+            self._db.delete(self.keys.model(name).encode())
+
     def model_info(self) -> dict[str, ModelInfo]:
         self.refresh()
         out = {}

@@ -153,6 +153,8 @@ def test_new_records_get_derived_vectors_and_delete_is_clean(store):
     removed = adapters.delete_derived(store, "synth+c", cascade=True)
     assert removed == {"synth+c+ad": len(ids) + 9, "synth+c": len(ids) + 9}
     assert set(store.model_info()) == {"synth"} and adapters.list_derived(store) == []
+    if store.backend != "rocksdb":  # the model-name set lists no deleted model (it did: stale names)
+        assert set(store._t.command("SMEMBERS", store.keys.models)) == {b"synth"}
     assert not store.has_embeddings("synth+c", ids).any()
     assert not [k for k in store.scan_keys() if k.startswith(f"{store.namespace}:derived:")]
     rep = check_store(store)
