@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the same measurement on another store URL too and report its "
                              "throughput relative to --kv (repeatable: e.g. a Kvrocks node, a "
                              "Kvrocks cluster and a Redis Cluster next to redis-server)")
+    parser.add_argument("--read-rounds", type=int, default=3,
+                        help="with --compare-kv: afterwards, every store holds the n vectors at "
+                             "once and their bulk reads alternate for this many rounds, so the "
+                             "cluster/single-node read ratios are measured side by side "
+                             "(default 3; 0: skip)")
 
 
 def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
@@ -79,11 +84,7 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
     """Measure bulk and naive throughput in one run; returns the JSON-able result."""
     ns = namespace or bench_namespace()
     naive_n = n if naive_n is None else naive_n
-    rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((n, dim), dtype=np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    items = [NewImage(hashlib.sha256(f"bench:{i}".encode()).hexdigest(), f"bench/{i}", 32, 32,
-                      embeddings={"bench": vecs[i]}) for i in range(n)]
+    vecs, items = _bench_items(n, dim)
     mb = n * dim * 4 / 1e6
     with open_store(url, ns) as store:
         if store.count() or store.model_info() or store.last_id():
@@ -132,6 +133,62 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
     return result
 
 
+def _bench_items(n: int, dim: int) -> tuple[np.ndarray, list[NewImage]]:
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((n, dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    items = [NewImage(hashlib.sha256(f"bench:{i}".encode()).hexdigest(), f"bench/{i}", 32, 32,
+                      embeddings={"bench": vecs[i]}) for i in range(n)]
+    return vecs, items
+
+
+def kind_of(row: dict) -> tuple[str, bool]:
+    """``(server, is_cluster)`` of a result row: ``("kvrocks", True)`` for a Kvrocks cluster."""
+    return row["server"], row["backend"].endswith("-cluster")
+
+
+def interleaved_reads(urls: list[str], n: int, dim: int, rounds: int,
+                      namespace: str | None = None) -> dict:
+    """Every store holds the same ``n`` vectors at once; then their bulk reads alternate,
+    ``rounds`` times. Returns MB/s per store and round, and per server kind the cluster over
+    single-node ratio of each round (both measured back to back) with its median."""
+    _, items = _bench_items(n, dim)
+    mb = n * dim * 4 / 1e6
+    stores, rows = [], []
+    try:
+        for url in urls:
+            store = open_store(url, namespace or bench_namespace())
+            if store.count() or store.model_info() or store.last_id():
+                store.close()  # never flushed: not ours
+                raise StoreError(f"namespace {store.namespace!r} of {store.url} is not empty: the "
+                                 "benchmark writes and flushes a namespace of its own")
+            stores.append(store)
+            store.register_model("bench", dim, "random")
+            for s in range(0, n, 4096):
+                store.add_images(items[s : s + 4096])
+            rows.append({"url": store.url, "backend": store.backend,
+                         "server": store.info().get("server", store.backend), "read_mb_per_s": []})
+        for _ in tqdm(range(rounds), desc="interleaved reads", leave=False):
+            for store, row in zip(stores, rows, strict=True):
+                t0 = time.perf_counter()
+                got = sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
+                assert got == n, f"read back {got} of {n} vectors from {store.url}"
+                row["read_mb_per_s"].append(mb / (time.perf_counter() - t0))
+    finally:
+        for store in stores:
+            store.flush()
+            store.close()
+    pairs = {}
+    for row in rows:
+        server, cluster = kind_of(row)
+        single = next((r for r in rows if kind_of(r) == (server, False)), None)
+        if cluster and single is not None:
+            per_round = [c / s for c, s in zip(row["read_mb_per_s"], single["read_mb_per_s"], strict=True)]
+            pairs[server] = {"cluster_url": row["url"], "single_url": single["url"],
+                             "per_round": per_round, "median": float(np.median(per_round))}
+    return {"n": n, "rounds": rounds, "stores": rows, "cluster_over_single_read": pairs}
+
+
 def _measure(store: Store, fn) -> dict[str, float]:
     """Wall time, this process's CPU time and the servers' CPU time (where known) of ``fn()``."""
     srv0 = store.server_cpu_seconds()
@@ -165,4 +222,8 @@ def run(args: argparse.Namespace) -> dict:
     result = run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)
     others = [run_store_bench(url, args.n, args.dim, args.naive_n, args.namespace)
               for url in args.compare_kv or ()]
-    return compare(result, others)
+    out = compare(result, others)
+    if others and args.read_rounds > 0:
+        out["interleaved_read"] = interleaved_reads([args.kv, *args.compare_kv], args.n, args.dim,
+                                                    args.read_rounds, args.namespace)
+    return out

@@ -42,8 +42,8 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence, Set
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -107,11 +107,11 @@ class _Image:
 
     item: EncodedImage
     first: int
-    vectors: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    vectors: dict[str, tuple[bytes, int]]  # model -> (vector, index of the item that gave it)
     id: int = 0
     fresh: bool = False  # id reserved by this call
     created: bool = False
-    added: set[str] = field(default_factory=set)
+    added: Set[str] = frozenset()
 
 
 class RespStore(Store):
@@ -219,9 +219,12 @@ class RespStore(Store):
     def _add_group(self, items: Sequence[EncodedImage]) -> list[AddResult]:
         images: dict[str, _Image] = {}
         for i, it in enumerate(items):
-            img = images.setdefault(it.sha256, _Image(it, i))
-            for model, data in it.vectors:
-                img.vectors.setdefault(model, (data, i))
+            img = images.get(it.sha256)
+            if img is None:
+                images[it.sha256] = _Image(it, i, {model: (data, i) for model, data in it.vectors})
+            else:
+                for model, data in it.vectors:
+                    img.vectors.setdefault(model, (data, i))
         pending = list(images.values())
         for _ in range(MAX_ROUNDS):
             if not pending:
@@ -230,15 +233,13 @@ class RespStore(Store):
         if pending:
             raise StoreError(f"{self.url}: {len(pending)} images kept being claimed or deleted "
                              "by other writers; try again")
-        credit: list[set[str]] = [set() for _ in items]
-        for img in images.values():
-            for model in img.added:
-                credit[img.vectors[model][1]].add(model)
         out = []
         for i, it in enumerate(items):
             img = images[it.sha256]
+            added, vectors = img.added, img.vectors
+            # each added vector is credited to the item that gave it (the first with that model)
             out.append(AddResult(img.id, img.created and img.first == i,
-                                 tuple(m for m, _ in it.vectors if m in credit[i])))
+                                 tuple(m for m, _ in it.vectors if m in added and vectors[m][1] == i)))
         return out
 
     def _start_round(self, shas: Sequence[str]) -> list:

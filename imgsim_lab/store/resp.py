@@ -44,7 +44,7 @@ def bulk(b: bytes) -> bytes:
 
 def command(count: int, parts: Sequence[bytes]) -> bytes:
     """A command of ``count`` arguments whose bulk strings are already in ``parts``."""
-    return b"*%d\r\n%b" % (count, b"".join(parts))
+    return b"".join([b"*%d\r\n" % count, *parts])  # one copy of the (vector-sized) parts
 
 
 class KeyWire:

@@ -23,7 +23,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    DBCompressionType,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+)
 
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
@@ -43,6 +51,9 @@ def _options(create: bool) -> Options:
     opt.set_write_buffer_size(64 << 20)
     opt.increase_parallelism(os.cpu_count() or 2)
     opt.set_max_open_files(-1)  # required by secondary instances
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)  # a claim lookup of a new image's hash mostly misses
+    opt.set_block_based_table_factory(table)
     return opt
 
 

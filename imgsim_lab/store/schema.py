@@ -181,7 +181,11 @@ class NewImage:
 
     def record_values(self) -> dict[str, str | int | float | None]:
         """The record fields this image gives (all of NewImage's fields but ``embeddings``)."""
-        return {name: _coerce(name, getattr(self, name), RECORD_TYPES[name]) for name in IMAGE_FIELDS}
+        out = {}
+        for name, spec in _IMAGE_SPECS:
+            v = getattr(self, name)
+            out[name] = v if type(v) is spec[0] else _coerce(name, v, spec)
+        return out
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,7 @@ def _field_type(annotation: str) -> tuple[type, bool]:
 RECORD_TYPES: dict[str, tuple[type, bool]] = {f.name: _field_type(f.type) for f in fields(Record)}
 #: The record fields a NewImage gives (all its fields but ``embeddings``).
 IMAGE_FIELDS = tuple(f.name for f in fields(NewImage) if f.name != "embeddings")
+_IMAGE_SPECS = tuple((name, RECORD_TYPES[name]) for name in IMAGE_FIELDS)
 
 
 def _coerce(name: str, value: object, spec: tuple[type, bool]) -> str | int | float | None:

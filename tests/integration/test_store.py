@@ -73,6 +73,18 @@ def test_wrong_dimension_is_rejected_and_nothing_is_written(store):
         store.add_images([NewImage(sha(1), "x", 1, 1, embeddings={"other": np.zeros(8)})])
 
 
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinity_is_rejected_by_name_and_nothing_is_written(store, bad_value):
+    store.register_model("m", 8, "v1")
+    good, _ = images(5)
+    vec = np.ones(8, np.float32)
+    vec[3] = bad_value
+    bad = NewImage(sha(100), "bad.jpg", 1, 1, embeddings={"m": vec})  # the fast path: float32, right dim
+    with pytest.raises(ValueError, match="'bad.jpg' for model 'm' contains NaN or infinity"):
+        store.add_images([*good[:2], bad, *good[2:]])
+    assert store.count() == 0 and store.ids_for_hashes([sha(0), sha(100)]) == [None, None]
+
+
 def test_same_hash_gives_one_record_and_fills_missing_embeddings(store):
     store.register_model("m", 8, "v1")
     store.register_model("n", 4, "v1")
@@ -474,3 +486,34 @@ def test_bench_store_compares_several_stores(redis_url, kvrocks_url, tmp_path):
 
     assert all(set(c["ratios"]) == set(RATIO_FIELDS) for c in got["compares"])
     assert {"bulk_write_cpu_us_per_vector", "bulk_read_cpu_bound_mb_per_s"} <= set(got)
+
+
+def test_bench_store_interleaves_reads_and_pairs_each_cluster_with_its_single_node(
+        redis_url, kvrocks_url, cluster_url, kvrocks_cluster_url, tmp_path):
+    from imgsim_lab.bench.store import interleaved_reads
+
+    urls = [f"rocksdb:{tmp_path / 'kv'}", redis_url, kvrocks_url, cluster_url, kvrocks_cluster_url]
+    got = interleaved_reads(urls, 200, 16, rounds=2)
+    assert [len(r["read_mb_per_s"]) for r in got["stores"]] == [2] * 5
+    pairs = got["cluster_over_single_read"]
+    assert set(pairs) == {"redis", "kvrocks"}
+    assert (pairs["redis"]["single_url"], pairs["kvrocks"]["single_url"]) == (redis_url, kvrocks_url)
+    by_url = {r["url"]: r["read_mb_per_s"] for r in got["stores"]}
+    for p in pairs.values():  # each round's ratio is of two reads measured back to back
+        want = [c / s for c, s in zip(by_url[p["cluster_url"]], by_url[p["single_url"]], strict=True)]
+        assert p["per_round"] == pytest.approx(want) and len(want) == 2
+    for url in urls:  # nothing is left behind
+        with open_store(url, "imgsim") as s:
+            assert not [n for n in s.namespaces() if n.startswith("imgsim-bench-")]
+
+
+def test_bench_store_interleaved_reads_never_flush_a_users_namespace(redis_url, namespace):
+    from imgsim_lab.bench.store import interleaved_reads
+
+    with open_store(redis_url, namespace) as s:
+        s.register_model("m", 4, "v")
+        s.add_images(images(3, dim=4)[0])
+    with pytest.raises(StoreError, match="not empty"):
+        interleaved_reads([redis_url], 10, 4, rounds=1, namespace=namespace)
+    with open_store(redis_url, namespace) as s:
+        assert s.count() == 3
