@@ -67,17 +67,9 @@ def _pairs(raw: list) -> dict:
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
-def _fields(item: EncodedImage, t: float) -> list:
-    """Record hash field/value pairs (``id`` is added by the script), from the declared fields."""
-    out: list = []
-    for k, v in {**item.values, "added": t}.items():
-        if v is not None:
-            out += [k, repr(v) if isinstance(v, float) else v]
-    return out
-
-
 _FIELD = {name: bulk(name.encode()) for name in IMAGE_FIELDS}
-_MSET, _EVAL = bulk(b"MSET"), bulk(b"EVAL")
+_MSET, _EVAL, _EVALSHA, _ADDED = bulk(b"MSET"), bulk(b"EVAL"), bulk(b"EVALSHA"), bulk(b"added")
+_RECORD_SHA = bulk(SCRIPTS["record"][1].encode())
 #: Scripts inside a MULTI are sent as EVAL with their source: a NOSCRIPT error there would
 #: leave the transaction's other commands applied.
 _COMMIT_SRC = bulk(SCRIPTS["commit"][0].encode())
@@ -99,6 +91,26 @@ def _field_args(values: dict) -> tuple[int, bytes]:
         parts.append(_FIELD[name])
         parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
     return len(parts) // 2, b"".join(parts)
+
+
+def record_command(wire: KeyWire, block: Sequence[tuple[int, EncodedImage, Sequence[tuple[str, bytes]]]],
+                   t: float) -> bytes:
+    """The ``record`` script (EVALSHA) for one block of ``(id, item, vectors)``: records
+    stamped ``added=t``, packed from templates (equal to the generic packing, tested)."""
+    keys: list[bytes] = []
+    args: list[bytes] = [bulk(b"%d" % len(block))]
+    nargs = 1
+    added = bulk(repr(t).encode())
+    for rid, item, vectors in block:
+        keys.append(wire.img(rid))
+        args += (bulk(b"%d" % rid), _int_arg(len(vectors)))
+        for m, data in vectors:
+            keys.append(wire.emb(m, rid))
+            args += (b"$%d\r\n" % len(data), data, b"\r\n")
+        npairs, fields = _field_args(item.values)
+        args += (_int_arg(npairs + 1), fields, _ADDED, added)
+        nargs += 3 + len(vectors) + 2 * (npairs + 1)
+    return command(3 + len(keys) + nargs, [_EVALSHA, _RECORD_SHA, bulk(b"%d" % len(keys)), *keys, *args])
 
 
 @dataclass(slots=True)
@@ -396,16 +408,10 @@ class RespStore(Store):
         for im in todo:
             blocks.setdefault(Keys.block(im.id), []).append(im)
         t = now()
-        routed = []
-        for group in blocks.values():
-            keys: list = []
-            args: list = [len(group)]
-            for im in group:
-                keys += [k.img(im.id), *(k.emb(m, im.id) for m in im.vectors)]
-                args += [im.id, len(im.vectors), *(data for data, _ in im.vectors.values())]
-                fields = _fields(im.item, t)
-                args += [len(fields) // 2, *fields]
-            routed.append(self._t.script("record", keys, args))
+        routed = [(k.img(group[0].id),
+                   record_command(self._wire, [(im.id, im.item, [(m, d) for m, (d, _) in im.vectors.items()])
+                                               for im in group], t))
+                  for group in blocks.values()]
         replies = self._t.run(routed)
         for group, rows in zip(blocks.values(), replies, strict=True):
             for im, row in zip(group, rows, strict=True):

@@ -88,3 +88,44 @@ def test_key_wire_templates_equal_the_declared_keys() -> None:
         for bad in (0, -1, MAX_ID):
             with pytest.raises(ValueError, match="out of range"):
                 w.img(bad)
+
+
+def test_gc_paused_restores_the_collector_even_on_error():
+    import gc
+
+    from imgsim_lab.store.base import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_record_command_equals_the_generic_packing():
+    from imgsim_lab.store.base import EncodedImage
+    from imgsim_lab.store.redis_store import record_command
+    from imgsim_lab.store.resp import KeyWire, pack
+    from imgsim_lab.store.scripts import SCRIPTS
+
+    k = Keys("ns")
+    a = NewImage("a" * 64, "x/a.png", 32, 24, label="cat", path="/data/a.png")
+    b = NewImage("b" * 64, "b 100%.jpg", 7, 9)  # a '%' in a value; label and path unset
+    va, vb, vb2 = b"\x00" * 16, b"\x01" * 16, b"\x02" * 8
+    block = [(123, EncodedImage(a.sha256, a.record_values(), (("m", va),)), [("m", va)]),
+             (124, EncodedImage(b.sha256, b.record_values(), ()), [("m", vb), ("m+ad", vb2)])]
+    keys = [k.img(123), k.emb("m", 123), k.img(124), k.emb("m", 124), k.emb("m+ad", 124)]
+    args: list = [2]
+    for rid, item, vecs in block:
+        fields = [x for name, v in {**item.values, "added": 1.5}.items() if v is not None
+                  for x in (name, repr(v) if isinstance(v, float) else v)]
+        args += [rid, len(vecs), *(d for _, d in vecs), len(fields) // 2, *fields]
+    want = pack(["EVALSHA", SCRIPTS["record"][1], len(keys), *keys, *args])
+    assert record_command(KeyWire(k), block, 1.5) == want
