@@ -61,6 +61,9 @@ class Searcher:
 
     Safe to share between threads: the index is created once, and a search never waits
     for another thread's catch-up or rebuild (it searches the state served meanwhile).
+    Each search syncs first (unless another thread is updating), and a repeated identical query
+    is answered from the index's query cache (``IndexConfig.query_cache``) until a sync or an
+    update changes the index.
     """
 
     def __init__(self, store: Store, model: EmbeddingModel | str, size: int | None = None,

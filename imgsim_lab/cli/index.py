@@ -22,8 +22,9 @@ def _budget(text: str | None) -> float | int | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
-    t = sub.add_parser("tune", help="measure candidate settings on held-out stored vectors; store the "
-                                    "fastest meeting --target-recall")
+    t = sub.add_parser("tune", help="measure candidate settings on held-out stored vectors; store, of "
+                                    "those meeting --target-recall, the fastest to build at p50 <= "
+                                    "0.15x exact, else the lowest p50 over exact")
     add_store_args(t)
     t.add_argument("--model", required=True, help="model key whose vectors are indexed")
     t.add_argument("--target-recall", type=float, default=0.99, help="recall@10 to reach (default 0.99)")

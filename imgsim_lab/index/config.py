@@ -45,12 +45,15 @@ class IndexConfig:
     auto_tune: bool = True              # budget mode: quick-tune nprobe/depth after a default build (> 20k)
     tune_target: float = 0.99           # recall@10 target of the automatic quick tune
     auto_tune_min_n: int = 20_000       # ... run only for collections larger than this
+    query_cache: int = 1024             # results of repeated identical queries kept (LRU entries); 0: off
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "exact", "budget"):
             raise ValueError(f"mode must be auto, exact or budget, got {self.mode!r}")
         if self.k_margin < 0 or self.rerank_factor < 1 or self.retrain_growth <= 1:
             raise ValueError("k_margin >= 0, rerank_factor >= 1 and retrain_growth > 1 are required")
+        if self.query_cache < 0:
+            raise ValueError(f"query_cache must be >= 0 entries, got {self.query_cache}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that shape the built index (a snapshot built otherwise is stale)."""

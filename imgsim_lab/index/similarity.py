@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgsim_lab.index import builders, decisions, plan, tune
+from imgsim_lab.index import builders, decisions, plan, qcache, tune
 from imgsim_lab.index import snapshot as snap
 from imgsim_lab.index.config import Hit, IndexConfig
 from imgsim_lab.index.plan import IndexFacts, Step, StoreFacts
@@ -109,6 +109,7 @@ class SimilarityIndex:
         self._rw = RWLock()                # read: a faiss search; write: an in-place index change
         self._update = threading.RLock()   # one update at a time
         self._state = _empty_state(self.dim)
+        self.query_cache = qcache.QueryCache(self.config.query_cache)  # per state: any change drops it
         self.last_rebuild_s = 0.0
         self.last_rebuild_timings: dict[str, float] = {}
         self.rebuilds = 0                  # full rebuilds by this object (a sync should rarely need one)
@@ -496,15 +497,25 @@ class SimilarityIndex:
             return st.index.search(q, depth, params=params)
 
     def search(self, query: np.ndarray, k: int = 5, exclude_ids: Iterable[int] = (),
-               exclude_sha256: str | None = None) -> list[Hit]:
+               exclude_sha256: str | None = None, *, cache: bool = True) -> list[Hit]:
         """The ``k`` most similar stored vectors (cosine), best first, unique, filtered.
 
         Excluded: ``exclude_ids``, the image with sha256 ``exclude_sha256`` and vectors
         identical to the query (``duplicate_threshold``). Returns ``min(k, available)`` hits.
+        A repeated identical query on an unchanged index is answered from the query cache
+        (``IndexConfig.query_cache`` entries); ``cache=False`` bypasses it.
         """
         q = _normalized(query, self.dim)
         excl = self._exclusions(exclude_ids, exclude_sha256)
-        return self._search_one(self._state, q, k, excl)
+        st = self._state
+        if not cache or not self.query_cache.capacity:
+            return self._search_one(st, q, k, excl)
+        key = qcache.query_key(q, k, excl, self.config)  # the config: nprobe and depth may be retuned
+        hits = self.query_cache.get(st, key)
+        if hits is None:
+            hits = self._search_one(st, q, k, excl)
+            self.query_cache.put(st, key, hits)
+        return hits
 
     def _search_one(self, st: IndexState, q: np.ndarray, k: int, excl: set[int],
                     first: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hit]:
@@ -592,7 +603,7 @@ class SimilarityIndex:
 
     # ------------------------------------------------------------------ report
     def stats(self) -> dict[str, Any]:
-        """Mode, size and memory figures, watermark and factory."""
+        """Mode, size and memory figures, watermark, factory and the query cache's counters."""
         st = self._state
         n = st.ntotal
         return {
@@ -611,6 +622,7 @@ class SimilarityIndex:
             "snapshot_dir": str(self.directory),
             "last_rebuild_s": self.last_rebuild_s,
             "rebuilds": self.rebuilds,
+            "query_cache": self.query_cache.stats(),
         }
 
     def __repr__(self) -> str:

@@ -4,8 +4,10 @@ A tune holds out a sample of stored vectors as queries (each excluding itself), 
 their exact neighbours, builds each candidate compressed index from the store, and
 measures recall@10 after the exact re-rank for every (nprobe or efSearch, re-rank depth),
 then times single queries on the cheapest settings that meet the target, through the same
-path a search takes (faiss on one thread, one batched store read, exact scores). The
-fastest setting that meets the target wins and is stored *in the store* under
+path a search takes (faiss on one thread, one batched store read, exact scores), each next to
+bare exact queries of the same minute. Among the settings meeting the target, those safely
+under the latency target build-fastest wins, else the lowest p50 over exact
+(:func:`~imgsim_lab.index.decisions.pick_setting`); it is stored *in the store* under
 ``<ns>:index:tuned:<model>`` as JSON (backend-neutral, shared by every process), where
 :class:`~imgsim_lab.index.SimilarityIndex` picks it up (:func:`apply_setting`).
 
@@ -247,13 +249,21 @@ def recall_grid(index: faiss.Index, probes: list[int], depths: list[int], ho: He
     return out
 
 
+#: Of a timed setting's single queries, this many are each followed by a bare exact (flat) query,
+#: so its p50 is compared with an exact p50 of the same minute (a shared machine's load drifts).
+EXACT_INTERLEAVED = 50
+
+
 def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: Store, model: str,
-                n: int = 100) -> tuple[float, float]:
-    """p50/p95 ms of single queries: faiss (1 thread) + one store read + exact scores + top-k."""
+                n: int = 100, flat: np.ndarray | None = None,
+                exact_queries: int = EXACT_INTERLEAVED) -> tuple[float, float, float | None]:
+    """p50/p95 ms of single queries (faiss on 1 thread + one store read + exact scores + top-k)
+    and, with ``flat`` (all vectors), the p50 ms of bare exact queries interleaved with the first
+    ``exact_queries`` of them (else ``None``)."""
     params = builders.search_params(index, probe)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
-    times = []
+    times, exact = [], []
     try:
         for i in range(min(n, len(ho.x))):
             t = time.perf_counter()
@@ -263,10 +273,15 @@ def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: 
             s = vecs @ ho.x[i]
             np.argsort(-s)[: K + 1]
             times.append(time.perf_counter() - t)
+            if flat is not None and i < exact_queries:
+                t = time.perf_counter()
+                faiss.knn(ho.x[i : i + 1], flat, K, metric=faiss.METRIC_INNER_PRODUCT)
+                exact.append(time.perf_counter() - t)
     finally:
         faiss.omp_set_num_threads(threads)
     ms = np.array(times) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+    ex = float(np.percentile(np.array(exact) * 1000, 50)) if exact else None
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), ex
 
 
 def exact_p50(x: np.ndarray, q: np.ndarray, n: int = 30) -> float:
@@ -305,8 +320,9 @@ def measure_index(index: faiss.Index, factory: str, ho: HeldOut, vectors: Vector
                   model: str, target_recall: float, depths: list[int] | None = None,
                   probes: list[int] | None = None, latency_queries: int = 100,
                   time_all: bool = False) -> list[dict[str, Any]]:
-    """Rows ``{factory, probe, depth, recall_at_10, p50_ms, p95_ms}`` for one built index;
-    only the frontier settings (or all, ``time_all``) are timed."""
+    """Rows ``{factory, probe, depth, recall_at_10, p50_ms, p95_ms, exact_p50_ms}`` for one built
+    index; only the frontier settings (or all, ``time_all``) are timed, each next to bare exact
+    queries when the vectors are in RAM (``vectors.x``; else ``exact_p50_ms`` is ``None``)."""
     depths = depths or list(decisions.TUNE_DEPTHS)
     probes = probes or decisions.candidate_probes(factory)
     grid = recall_grid(index, probes, depths, ho, vectors)
@@ -314,9 +330,11 @@ def measure_index(index: faiss.Index, factory: str, ho: HeldOut, vectors: Vector
     rows = []
     for (p, d), r in sorted(grid.items()):
         row: dict[str, Any] = {"factory": factory, "probe": p, "depth": d, "recall_at_10": r,
-                               "p50_ms": None, "p95_ms": None}
+                               "p50_ms": None, "p95_ms": None, "exact_p50_ms": None}
         if (p, d) in timed:
-            row["p50_ms"], row["p95_ms"] = time_single(index, p, d, ho, store, model, latency_queries)
+            row["p50_ms"], row["p95_ms"], row["exact_p50_ms"] = time_single(
+                index, p, d, ho, store, model, latency_queries, vectors.x)
+            row["p50_over_exact"] = decisions.p50_over_exact(row)
         rows.append(row)
     return rows
 
@@ -368,7 +386,7 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
         flat_p50 = exact_p50(vectors.x, ho.x) if vectors.x is not None else None
     pickable = [r for r in rows if r["removable"] or not removable_only]
     fastest = decisions.pick_fastest(pickable, need)
-    best = decisions.pick_setting(pickable, need, flat_p50)  # build time decides among the fast ones
+    best = decisions.pick_setting(pickable, need, flat_p50)  # build time decides among the safely fast
     chosen = None
     if best is not None:
         chosen = TunedSetting(model=model, dim=dim, n=n, factory=best["factory"], probe=int(best["probe"]),
@@ -384,7 +402,8 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
             "memory_budget": memory_budget, "budget_bytes": budget, "index_budget_bytes": index_budget,
             "queries": len(ho.x), "latency_queries": latency_queries, "seconds": time.perf_counter() - t0,
             "exact_p50_ms": flat_p50, "latency_tolerance": decisions.LATENCY_TOLERANCE,
-            "fast_enough_of_exact": decisions.FAST_ENOUGH_OF_EXACT, "fastest_setting": fastest,
+            "fast_enough_of_exact": decisions.FAST_ENOUGH_OF_EXACT,
+            "p50_target_of_exact": decisions.P50_TARGET_OF_EXACT, "fastest_setting": fastest,
             "saved_to": setting_key(store.namespace, model) if save and chosen else None,
             "load_avg_1m": os.getloadavg()[0]}
     return TuneResult(rows, chosen, built, info)
@@ -447,14 +466,16 @@ def format_table(rows: list[dict[str, Any]], chosen: TunedSetting | None = None)
     """The timed rows (frontier settings) as a small text table, best first per factory."""
     timed = [r for r in rows if r.get("p50_ms") is not None]
     lines = [f"{'factory':<28} {'probe':>5} {'depth':>5} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
-             f"{'size/raw':>8} {'build s':>7}"]
+             f"{'/exact':>6} {'size/raw':>8} {'build s':>7}"]
     for r in sorted(timed, key=lambda r: (r["factory"], r["p50_ms"])):
         mark = ""
         if chosen and (r["factory"], r["probe"], r["depth"]) == (chosen.factory, chosen.probe,
                                                                   chosen.rerank_depth):
             mark = "  <- chosen"
+        ratio = decisions.p50_over_exact(r)
         lines.append(f"{r['factory']:<28} {r['probe']:>5} {r['depth']:>5} {r['recall_at_10']:>9.4f} "
-                     f"{r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} {r.get('index_over_raw', 0):>8.3f} "
+                     f"{r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} "
+                     f"{'—' if ratio is None else f'{ratio:.3f}':>6} {r.get('index_over_raw', 0):>8.3f} "
                      f"{r.get('build_s', 0):>7.1f}{mark}")
     return "\n".join(lines)
 

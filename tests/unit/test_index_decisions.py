@@ -167,6 +167,9 @@ def test_candidate_levers_at_50k_real_budget():
     c = dec.candidate_factories(50_000, 1280, int(0.1 * 50_000 * 1280 * 4))
     assert {"PCA256,IVF256,SQ8", "PCA384,IVF1024,SQ8", "PCA256,IVF1024_HNSW32,SQ8",
             "OPQ64_256,IVF256,PQ64", "PCA128,HNSW32_SQ8"} <= set(c)
+    # fast-scan PQ on the raw vectors at sqrt(n), 2·sqrt(n) and 4·sqrt(n) lists
+    fast_scan = ["IVF256,PQ320x4fs", "IVF512,PQ320x4fs", "IVF1024,PQ320x4fs"]
+    assert [f for f in c if f.endswith("x4fs")] == fast_scan
     assert dec.candidate_probes("PCA128,IVF256,SQ8")[-1] == 256
     assert dec.candidate_probes("PCA128,IVF64,SQ8") == [8, 16, 24, 32, 48, 64]
     assert dec.candidate_probes("PCA128,HNSW32_SQ8") == list(dec.TUNE_EFS)
@@ -272,20 +275,61 @@ def test_pq_sub_quantizers_train_on_a_capped_sample():
     assert pq.cp.niter == dec.PQ_KMEANS_ITER
 
 
-def test_pick_setting_prefers_the_fastest_build_among_the_fast_enough():
-    rows = [{"factory": "fs", "recall_at_10": 0.996, "p50_ms": 7.0, "build_s": 56.0},
+def _setting_rows() -> list[dict]:
+    return [{"factory": "fs", "recall_at_10": 0.996, "p50_ms": 7.0, "build_s": 56.0},
             {"factory": "sq8-256", "recall_at_10": 0.994, "p50_ms": 8.5, "build_s": 13.5},
             {"factory": "sq8-128", "recall_at_10": 0.995, "p50_ms": 18.0, "build_s": 9.7},
             {"factory": "miss", "recall_at_10": 0.98, "p50_ms": 1.0, "build_s": 1.0},
             {"factory": "untimed", "recall_at_10": 0.999, "p50_ms": None, "build_s": 0.5}]
-    # within 25 % of the fastest p50 (7.0 -> 8.75 ms): the 4x faster build wins
+
+
+def test_pick_setting_prefers_the_fastest_build_among_the_fast_enough():
+    rows = _setting_rows()
+    # no exact p50: within 25 % of the fastest p50 (7.0 -> 8.75 ms) the 4x faster build wins
     best = dec.pick_setting(rows, 0.99)
     assert best["factory"] == "sq8-256" and best["meets_target"]
-    # p50 <= 0.2 x exact also counts as fast enough: 18 ms <= 0.2 x 100 ms
-    assert dec.pick_setting(rows, 0.99, exact_p50_ms=100.0)["factory"] == "sq8-128"
-    assert dec.pick_setting(rows, 0.99, exact_p50_ms=30.0)["factory"] == "sq8-256"  # 6 ms: not enough
     assert dec.pick_setting(rows, 0.99, tolerance=0.0)["factory"] == "fs"  # latency alone
+    # with one: p50 <= 0.15 x exact is safely fast, and build time decides among those
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=130.0)["factory"] == "sq8-128"  # 18 <= 19.5
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=100.0)["factory"] == "sq8-256"  # 18 > 15
     # nobody meets the target: the most accurate timed row, marked as missing it
     miss = dec.pick_setting(rows, 0.999)
     assert miss["factory"] == "fs" and not miss["meets_target"]
     assert dec.pick_setting([r | {"build_s": None} for r in rows[:1]], 0.99)["factory"] == "fs"
+
+
+def test_pick_setting_keeps_a_margin_below_the_latency_target():
+    rows = _setting_rows()
+    assert dec.FAST_ENOUGH_OF_EXACT < dec.P50_TARGET_OF_EXACT == 0.2
+    # exact 50 ms: sq8-256 (0.17x) is within 25 % of fs and builds 4x faster, and it meets 0.2x
+    # in the tune, but not with the margin: the safely fast fs (0.14x) wins
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=50.0)["factory"] == "fs"
+    # exact 40 ms: nothing is safely fast (fs 0.175x): the lowest p50 wins, not the faster build
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=40.0)["factory"] == "fs"
+    assert dec.pick_setting(rows, 0.99, exact_p50_ms=40.0, fast_enough=0.22)["factory"] == "sq8-256"
+
+
+def test_pick_setting_uses_each_rows_interleaved_exact_p50():
+    rows = _setting_rows()[:2]
+    # the fs row was timed in a quieter minute (exact 35 ms) than the sq8 row (exact 50 ms):
+    # ratios 0.2 and 0.17, none safely fast: the lowest ratio wins although its p50 is higher
+    timed = [rows[0] | {"exact_p50_ms": 35.0}, rows[1] | {"exact_p50_ms": 50.0}]
+    assert dec.pick_setting(timed, 0.99, tolerance=0.0)["factory"] == "sq8-256"
+    # ratios 0.14 and 0.21: only fs is safely fast, although sq8-256 builds 4x faster
+    timed = [rows[0] | {"exact_p50_ms": 50.0}, rows[1] | {"exact_p50_ms": 40.0}]
+    assert dec.pick_setting(timed, 0.99)["factory"] == "fs"
+    assert dec.pick_setting(timed, 0.99, exact_p50_ms=1000.0)["factory"] == "fs"  # own ones first
+    # ratios 0.14 and 0.142: both safely fast, the faster build wins
+    timed = [rows[0] | {"exact_p50_ms": 50.0}, rows[1] | {"exact_p50_ms": 60.0}]
+    assert dec.pick_setting(timed, 0.99)["factory"] == "sq8-256"
+    # a row without any exact p50: the tolerance rule for all
+    assert dec.pick_setting([timed[0], rows[1]], 0.99)["factory"] == "sq8-256"
+    assert dec.pick_setting([timed[0], rows[1]], 0.99, tolerance=0.0)["factory"] == "fs"
+
+
+def test_p50_over_exact():
+    assert dec.p50_over_exact({"p50_ms": 3.0}, 20.0) == pytest.approx(0.15)
+    assert dec.p50_over_exact({"p50_ms": 3.0, "exact_p50_ms": 15.0}, 20.0) == pytest.approx(0.2)
+    assert dec.p50_over_exact({"p50_ms": 3.0, "exact_p50_ms": None}, 20.0) == pytest.approx(0.15)
+    assert dec.p50_over_exact({"p50_ms": 3.0}) is None
+    assert dec.p50_over_exact({"p50_ms": None}, 20.0) is None
