@@ -264,7 +264,8 @@ class Store(ABC):
     @abstractmethod
     def iter_embeddings(self, model: str, after_id: int = 0,
                         chunk_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All ``(ids, vectors)`` of ``model`` with id > ``after_id``, in id order, in chunks."""
+        """All ``(ids, vectors)`` of ``model`` with id > ``after_id``, in id order, in chunks of at
+        most ``chunk_size`` (and of at most :data:`~.schema.CHUNK_BYTES` of vectors)."""
 
     @abstractmethod
     def iter_records(self, after_id: int = 0, chunk_size: int = 1000) -> Iterator[list[Record]]:

@@ -51,7 +51,16 @@ from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
 from imgsim_lab.store.resp import KeyWire, bulk, command, pack
-from imgsim_lab.store.schema import IMAGE_FIELDS, AddResult, Keys, ModelInfo, Record, decode_many, now
+from imgsim_lab.store.schema import (
+    IMAGE_FIELDS,
+    AddResult,
+    Keys,
+    ModelInfo,
+    Record,
+    chunk_rows,
+    decode_many,
+    now,
+)
 from imgsim_lab.store.scripts import SCRIPTS
 from imgsim_lab.store.transport import Routed, connect
 
@@ -68,7 +77,8 @@ def _pairs(raw: list) -> dict:
 
 
 _FIELD = {name: bulk(name.encode()) for name in IMAGE_FIELDS}
-_MSET, _EVAL, _EVALSHA, _ADDED = bulk(b"MSET"), bulk(b"EVAL"), bulk(b"EVALSHA"), bulk(b"added")
+_MSET, _MGET, _EVAL, _EVALSHA = bulk(b"MSET"), bulk(b"MGET"), bulk(b"EVAL"), bulk(b"EVALSHA")
+_ADDED = bulk(b"added")
 _RECORD_SHA = bulk(SCRIPTS["record"][1].encode())
 #: Scripts inside a MULTI are sent as EVAL with their source: a NOSCRIPT error there would
 #: leave the transaction's other commands applied.
@@ -509,7 +519,15 @@ class RespStore(Store):
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(ids):
             return ids.astype(np.int64), np.empty((0, dim), np.float32)
-        vals = self._mget([self.keys.emb(model, int(i)) for i in ids])
+        if self._t.single:  # the bulk-read hot path: MGETs packed from the key template
+            emb, step = self._wire.emb, self.config.read_batch
+            il = ids.tolist()
+            parts = (il[s : s + step] for s in range(0, len(il), step))
+            replies = self._t.run([(self.keys.seq, command(1 + len(p), [_MGET, *(emb(model, i) for i in p)]))
+                                   for p in parts])
+            vals = [v for r in replies for v in r]
+        else:
+            vals = self._mget([self.keys.emb(model, int(i)) for i in ids])
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
@@ -532,6 +550,7 @@ class RespStore(Store):
     def iter_embeddings(self, model: str, after_id: int = 0,
                         chunk_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         dim = self.model_dim(model)
+        chunk_size = chunk_rows(chunk_size, dim)
         zkey = self.keys.eids(model)
         last = int(after_id)
         while True:

@@ -36,7 +36,16 @@ from rocksdict import (
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
-from imgsim_lab.store.schema import AddResult, Keys, ModelInfo, Record, decode_into, decode_many, now
+from imgsim_lab.store.schema import (
+    AddResult,
+    Keys,
+    ModelInfo,
+    Record,
+    chunk_rows,
+    decode_into,
+    decode_many,
+    now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -393,12 +402,13 @@ class RocksStore(Store):
     def iter_embeddings(self, model: str, after_id: int = 0,
                         chunk_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         dim = self.model_dim(model)
+        rows = chunk_rows(chunk_size, dim)
         self.refresh()
         prefix = self.keys.emb_prefix(model)
         start = self.keys.emb(model, int(after_id) + 1)
         nbytes = 4 * dim
-        ids = np.empty(chunk_size, np.int64)
-        out = np.empty((chunk_size, dim), np.float32)
+        ids = np.empty(rows, np.int64)
+        out = np.empty((rows, dim), np.float32)
         n = 0
         # read ahead about one chunk (capped at 8 MB): long scans stream, short samples stay cheap
         readahead = min(8 << 20, chunk_size * nbytes) if chunk_size >= 1024 else 0
@@ -411,10 +421,10 @@ class RocksStore(Store):
             out[n] = np.frombuffer(val, np.float32)
             ids[n] = image_id
             n += 1
-            if n == chunk_size:
+            if n == rows:
                 yield ids, out
-                ids = np.empty(chunk_size, np.int64)
-                out = np.empty((chunk_size, dim), np.float32)
+                ids = np.empty(rows, np.int64)
+                out = np.empty((rows, dim), np.float32)
                 n = 0
         if n:
             yield ids[:n], out[:n]

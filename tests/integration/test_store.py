@@ -85,6 +85,19 @@ def test_nan_or_infinity_is_rejected_by_name_and_nothing_is_written(store, bad_v
     assert store.count() == 0 and store.ids_for_hashes([sha(0), sha(100)]) == [None, None]
 
 
+def test_iteration_chunks_stay_under_chunk_bytes_and_cover_everything(store):
+    from imgsim_lab.store.schema import CHUNK_BYTES
+
+    dim = CHUNK_BYTES // 4 // 50  # 50 vectors fill a chunk
+    store.register_model("m", dim, "v1")
+    items, vecs = images(130, dim=dim)
+    ids = [r.id for r in store.add_images(items)]
+    chunks = list(store.iter_embeddings("m", chunk_size=4096))
+    assert [len(c) for c, _ in chunks] == [50, 50, 30]
+    assert np.concatenate([c for c, _ in chunks]).tolist() == ids
+    np.testing.assert_array_equal(np.concatenate([v for _, v in chunks]), vecs)
+
+
 def test_same_hash_gives_one_record_and_fills_missing_embeddings(store):
     store.register_model("m", 8, "v1")
     store.register_model("n", 4, "v1")

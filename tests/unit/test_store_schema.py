@@ -129,3 +129,12 @@ def test_record_command_equals_the_generic_packing():
         args += [rid, len(vecs), *(d for _, d in vecs), len(fields) // 2, *fields]
     want = pack(["EVALSHA", SCRIPTS["record"][1], len(keys), *keys, *args])
     assert record_command(KeyWire(k), block, 1.5) == want
+
+
+def test_chunk_rows_caps_a_chunk_at_chunk_bytes():
+    from imgsim_lab.store.schema import CHUNK_BYTES, chunk_rows
+
+    assert chunk_rows(8192, 1280) == CHUNK_BYTES // 5120 == 3276  # 16 MB of 1280-d vectors
+    assert chunk_rows(1000, 1280) == 1000 and chunk_rows(16384, 8) == 16384
+    assert chunk_rows(10, 10**9) == 1  # never zero
+    assert chunk_rows(8192, 1280) * 1280 * 4 <= CHUNK_BYTES
