@@ -165,18 +165,23 @@ class RespStore(Store):
         head = b"*2\r\n$%d\r\n%s\r\n" % (len(cmd), cmd.encode())
         return self._t.run([(k, b"%s$%d\r\n%s\r\n" % (head, len(k), k.encode())) for k in keys])
 
+    def _mget_single(self, keys: Sequence[bytes]) -> list:
+        """One node: values of keys given as RESP bulk strings, one MGET per ``read_batch`` keys."""
+        step = self.config.read_batch
+        replies = self._t.run([(self.keys.seq, command(1 + len(part), [_MGET, *part]))
+                               for part in (keys[s : s + step] for s in range(0, len(keys), step))])
+        return [v for r in replies for v in r]
+
     def _mget(self, keys: Sequence[str]) -> list:
-        """Values of keys: one MGET per slot group (one node: per 1,000 keys)."""
+        """Values of keys: one MGET per slot group (one node: per ``read_batch`` keys)."""
         if self._t.single:
-            step = self.config.read_batch
-            groups = [list(range(s, min(s + step, len(keys)))) for s in range(0, len(keys), step)]
-        else:
-            by_tag: dict[str, list[int]] = {}
-            for i, k in enumerate(keys):
-                lo = k.find("{")
-                hi = k.find("}", lo + 1) if lo >= 0 else -1
-                by_tag.setdefault(k[lo + 1 : hi] if lo >= 0 and hi > lo + 1 else k, []).append(i)
-            groups = list(by_tag.values())
+            return self._mget_single([bulk(k.encode()) for k in keys])
+        by_tag: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            lo = k.find("{")
+            hi = k.find("}", lo + 1) if lo >= 0 else -1
+            by_tag.setdefault(k[lo + 1 : hi] if lo >= 0 and hi > lo + 1 else k, []).append(i)
+        groups = list(by_tag.values())
         replies = self._t.run([(keys[g[0]], pack(["MGET", *(keys[i] for i in g)])) for g in groups])
         out: list = [None] * len(keys)
         for g, vals in zip(groups, replies, strict=True):
@@ -519,28 +524,27 @@ class RespStore(Store):
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(ids):
             return ids.astype(np.int64), np.empty((0, dim), np.float32)
-        if self._t.single:  # the bulk-read hot path: MGETs packed from the key template
-            emb, step = self._wire.emb, self.config.read_batch
-            il = ids.tolist()
-            parts = (il[s : s + step] for s in range(0, len(il), step))
-            replies = self._t.run([(self.keys.seq, command(1 + len(p), [_MGET, *(emb(model, i) for i in p)]))
-                                   for p in parts])
-            vals = [v for r in replies for v in r]
+        if self._t.single:  # the bulk-read hot path: keys packed from the template
+            emb = self._wire.emb
+            vals = self._mget_single([emb(model, i) for i in ids.tolist()])
         else:
             vals = self._mget([self.keys.emb(model, int(i)) for i in ids])
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
         """Whether each id has a vector for ``model``. On a cluster also whether it is listed
-        in ``<ns>:eids:<model>``: a writer that died between the record script and the id
-        sets leaves vectors that are not listed yet, and only a re-add lists them."""
+        in ``<ns>:eids:<model>`` and its record in ``<ns>:ids``: a writer that died between the
+        record script and the id sets (which live on other nodes) leaves vectors or records
+        that are not listed yet, and only a re-add lists them."""
         if not len(ids):
             return np.zeros(0, bool)
         have = np.array(self._get_all([self.keys.emb(model, int(i)) for i in ids], "EXISTS"), bool)
         if not self._t.single:
-            zkey = self.keys.eids(model)
-            listed = self._t.run([(zkey, pack(["ZSCORE", zkey, int(i)])) for i in ids])
-            have &= np.array([v is not None for v in listed], bool)
+            n = len(ids)
+            listed = self._t.run([(z, pack(["ZSCORE", z, int(i)]))
+                                  for z in (self.keys.eids(model), self.keys.ids) for i in ids])
+            have &= np.array([a is not None and b is not None for a, b in zip(listed[:n], listed[n:],
+                                                                               strict=True)], bool)
         return have
 
     def _ids_after(self, zkey: str, after_id: int, limit: int) -> list[int]:
