@@ -146,7 +146,6 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
     qrows = rng.choice(n, size=min(args.queries, n), replace=False)
     q, qids = x[qrows], ids[qrows]
 
-    threads = faiss.omp_get_max_threads()
     _, gt = faiss.knn(q, x, K100 + 1, metric=faiss.METRIC_INNER_PRODUCT)
     truth_rows = np.array([[j for j in row if j >= 0 and j != qr][:K100]
                            for row, qr in zip(gt, qrows, strict=True)])
@@ -171,13 +170,10 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
         flat.search(q[i : i + 1], K)
         exact.append(time.perf_counter() - t)
 
-    faiss.omp_set_num_threads(args.threads)
-    try:
-        if big:
+    if big:
+        with tune.faiss_threads(args.threads):
             for i in range(min(args.exact_queries, len(q))):
                 time_flat(i)
-    finally:
-        faiss.omp_set_num_threads(threads)
     if big:
         del flat
         del x
@@ -193,17 +189,15 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
     recall100 = float(np.mean([len({h.id for h in f} & set(tr)) / max(len(tr), 1)
                                for f, tr in zip(found100, truth100, strict=True)]))
 
-    faiss.omp_set_num_threads(args.threads)
-    try:  # interleaved with the flat index (when kept), so a shared machine's load hits both alike
-        lat: list[float] = []
+    lat: list[float] = []
+    # interleaved with the flat index (when kept), so a shared machine's load hits both alike
+    with tune.faiss_threads(args.threads):
         for i in range(min(args.latency_queries, len(q))):
             t = time.perf_counter()
             idx.search(q[i], K, exclude_ids=[int(qids[i])])
             lat.append(time.perf_counter() - t)
             if not big and i < args.exact_queries:
                 time_flat(i)
-    finally:
-        faiss.omp_set_num_threads(threads)
 
     zipf = _zipf_stream(idx, q, qids, args) if args.zipf else None
     st = idx.stats()
@@ -257,9 +251,7 @@ def _zipf_stream(idx: SimilarityIndex, q: np.ndarray, qids: np.ndarray,
     lat, lat_cached = [], []
     idx.query_cache.clear()
     before = idx.query_cache.stats()
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(args.threads)
-    try:
+    with tune.faiss_threads(args.threads):
         for i in stream.tolist():
             t = time.perf_counter()
             idx.search(q[i], K, exclude_ids=[int(qids[i])], cache=False)
@@ -267,8 +259,6 @@ def _zipf_stream(idx: SimilarityIndex, q: np.ndarray, qids: np.ndarray,
             t = time.perf_counter()
             idx.search(q[i], K, exclude_ids=[int(qids[i])])
             lat_cached.append(time.perf_counter() - t)
-    finally:
-        faiss.omp_set_num_threads(threads)
     after = idx.query_cache.stats()
     distinct = int(len(set(stream.tolist())))
     hits = after["hits"] - before["hits"]

@@ -87,23 +87,11 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
     vecs, items = _bench_items(n, dim)
     mb = n * dim * 4 / 1e6
     with open_store(url, ns) as store:
-        if store.count() or store.model_info() or store.last_id():
-            raise StoreError(f"namespace {ns!r} of {store.url} is not empty: the benchmark writes and "
-                             "flushes a namespace of its own; leave --namespace out")
+        _refuse_unless_empty(store)
         store.register_model("bench", dim, "random")
         phases: dict[str, dict[str, float]] = {}
-
-        def bulk_write() -> int:
-            step = 4096
-            for s in tqdm(range(0, n, step), desc="bulk write", unit_scale=step, leave=False):
-                store.add_images(items[s : s + step])
-            return n
-
-        def bulk_read() -> int:
-            return sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
-
-        phases["bulk_write"] = _measure(store, bulk_write)
-        phases["bulk_read"] = _measure(store, bulk_read)
+        phases["bulk_write"] = _measure(store, lambda: _bulk_write(store, items))
+        phases["bulk_read"] = _measure(store, lambda: _bulk_read(store))
         assert phases["bulk_read"]["count"] == n, f"read back {phases['bulk_read']['count']} of {n} vectors"
         phases["naive_write"] = _measure(store, lambda: _naive_write(store, vecs[:naive_n], ns) or naive_n)
         phases["naive_read"] = _measure(store, lambda: _naive_read(store, ns, dim))
@@ -133,6 +121,23 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
     return result
 
 
+def _refuse_unless_empty(store: Store) -> None:
+    """The benchmark writes and flushes a namespace of its own: never one that holds anything."""
+    if store.count() or store.model_info() or store.last_id():
+        raise StoreError(f"namespace {store.namespace!r} of {store.url} is not empty: the benchmark "
+                         "writes and flushes a namespace of its own; leave --namespace out")
+
+
+def _bulk_write(store: Store, items: list[NewImage], step: int = 4096) -> int:
+    for s in tqdm(range(0, len(items), step), desc="bulk write", unit_scale=step, leave=False):
+        store.add_images(items[s : s + step])
+    return len(items)
+
+
+def _bulk_read(store: Store) -> int:
+    return sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
+
+
 def _bench_items(n: int, dim: int) -> tuple[np.ndarray, list[NewImage]]:
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim), dtype=np.float32)
@@ -158,20 +163,20 @@ def interleaved_reads(urls: list[str], n: int, dim: int, rounds: int,
     try:
         for url in urls:
             store = open_store(url, namespace or bench_namespace())
-            if store.count() or store.model_info() or store.last_id():
+            try:
+                _refuse_unless_empty(store)
+            except StoreError:
                 store.close()  # never flushed: not ours
-                raise StoreError(f"namespace {store.namespace!r} of {store.url} is not empty: the "
-                                 "benchmark writes and flushes a namespace of its own")
+                raise
             stores.append(store)
             store.register_model("bench", dim, "random")
-            for s in range(0, n, 4096):
-                store.add_images(items[s : s + 4096])
+            _bulk_write(store, items)
             rows.append({"url": store.url, "backend": store.backend,
                          "server": store.info().get("server", store.backend), "read_mb_per_s": []})
         for _ in tqdm(range(rounds), desc="interleaved reads", leave=False):
             for store, row in zip(stores, rows, strict=True):
                 t0 = time.perf_counter()
-                got = sum(len(ids) for ids, _ in store.iter_embeddings("bench", chunk_size=8192))
+                got = _bulk_read(store)
                 assert got == n, f"read back {got} of {n} vectors from {store.url}"
                 row["read_mb_per_s"].append(mb / (time.perf_counter() - t0))
     finally:

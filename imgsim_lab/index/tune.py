@@ -254,6 +254,13 @@ def recall_grid(index: faiss.Index, probes: list[int], depths: list[int], ho: He
 EXACT_INTERLEAVED = 50
 
 
+def _exact_ms(x: np.ndarray, q: np.ndarray) -> float:
+    """Milliseconds of one bare exact (flat) query ``q`` (1 x d) over ``x``."""
+    t = time.perf_counter()
+    faiss.knn(q, x, K, metric=faiss.METRIC_INNER_PRODUCT)
+    return (time.perf_counter() - t) * 1000
+
+
 def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: Store, model: str,
                 n: int = 100, flat: np.ndarray | None = None,
                 exact_queries: int = EXACT_INTERLEAVED) -> tuple[float, float, float | None]:
@@ -261,10 +268,8 @@ def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: 
     and, with ``flat`` (all vectors), the p50 ms of bare exact queries interleaved with the first
     ``exact_queries`` of them (else ``None``)."""
     params = builders.search_params(index, probe)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
     times, exact = [], []
-    try:
+    with faiss_threads(1):
         for i in range(min(n, len(ho.x))):
             t = time.perf_counter()
             _, c = index.search(ho.x[i : i + 1], depth + 1, params=params)
@@ -272,31 +277,17 @@ def time_single(index: faiss.Index, probe: int, depth: int, ho: HeldOut, store: 
             ids, vecs = store.get_embeddings(model, cand)
             s = vecs @ ho.x[i]
             np.argsort(-s)[: K + 1]
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t) * 1000)
             if flat is not None and i < exact_queries:
-                t = time.perf_counter()
-                faiss.knn(ho.x[i : i + 1], flat, K, metric=faiss.METRIC_INNER_PRODUCT)
-                exact.append(time.perf_counter() - t)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    ms = np.array(times) * 1000
-    ex = float(np.percentile(np.array(exact) * 1000, 50)) if exact else None
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), ex
+                exact.append(_exact_ms(flat, ho.x[i : i + 1]))
+    ex = float(np.percentile(exact, 50)) if exact else None
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95)), ex
 
 
 def exact_p50(x: np.ndarray, q: np.ndarray, n: int = 30) -> float:
     """p50 ms of a bare exact (flat) single query over ``x`` on one faiss thread."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    times = []
-    try:
-        for i in range(min(n, len(q))):
-            t = time.perf_counter()
-            faiss.knn(q[i : i + 1], x, K, metric=faiss.METRIC_INNER_PRODUCT)
-            times.append(time.perf_counter() - t)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return float(np.percentile(np.array(times) * 1000, 50))
+    with faiss_threads(1):
+        return float(np.percentile([_exact_ms(x, q[i : i + 1]) for i in range(min(n, len(q)))], 50))
 
 
 def build(store: Store, model: str, factory: str, n: int, kmeans_iter: int = 10,
