@@ -247,6 +247,20 @@ def _zip_members(zf: zipfile.ZipFile) -> Iterator[tuple[zipfile.ZipInfo, str, st
             log.debug("ignoring zip member %s", info.filename)
 
 
+def cifar10_zip_images(split: str, archive: str | Path | None = None) -> list[tuple[str, bytes]]:
+    """``(class, JPEG bytes)`` of one split read straight from a CIFAR-10 zip (default: the
+    configured archive), in class then file-name order; nothing is extracted."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    path = Path(archive) if archive is not None else default_cifar10_source()
+    if path is None or not path.is_file():
+        raise Cifar10SourceError(f"no CIFAR-10 zip at {path}: pass its path or set the archive "
+                                 "variable (see `imgsim setup-cifar10 --help`)")
+    with zipfile.ZipFile(path) as zf:
+        members = sorted((cls, name, info) for info, s, cls, name in _zip_members(zf) if s == split)
+        return [(cls, zf.read(info)) for cls, _, info in members]
+
+
 def _extract_zip(archive: Path, out: Path, progress: bool) -> Counter:
     """Extract the JPEG zip layout; member names are validated, never used as paths."""
     expected: Counter = Counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,19 @@ def retrieval_map(db: np.ndarray, db_y: np.ndarray, q: np.ndarray, q_y: np.ndarr
     return ev.mean_average_precision(ev.relevance(q_y, labels), depth)
 
 
+def warmup_cosine(total_steps: int, warmup_share: float = 0.05) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up over ``warmup_share`` of the steps,
+    then cosine decay to 0."""
+    warmup = max(1, int(total_steps * warmup_share))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return factor
+
+
 def _embed(head: Head, x: np.ndarray, batch: int = 4096) -> np.ndarray:
     head.eval()
     with torch.no_grad():
@@ -140,15 +154,7 @@ def train_head(x: np.ndarray, y: np.ndarray, config: TrainConfig | None = None, 
         groups.append({"params": proxy_params, "lr": cfg.lr * 10, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(fit) // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = max(1, total_steps // 20)
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     xat = torch.from_numpy(np.ascontiguousarray(x_alt, np.float32)) if x_alt is not None else None
     res = TrainResult(tensors={}, n_fit=len(fit), n_val=len(val))

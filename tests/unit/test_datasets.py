@@ -28,6 +28,7 @@ from imgsim_lab.datasets import (
     Cifar10SourceError,
     ImageItem,
     cifar10_items,
+    cifar10_zip_images,
     default_cifar10_source,
     folder_items,
     is_complete,
@@ -149,6 +150,20 @@ def test_tar_with_missing_batch_or_foreign_pickle_is_refused(tmp_path: Path) -> 
         setup_cifar10(dest, source=make_tar(tmp_path / "b.tar.gz", payload=evil),
                       progress=False)
     assert not dest.exists() and leftovers(tmp_path) == []
+
+
+def test_zip_images_read_one_split_in_class_order_without_extracting(tmp_path: Path) -> None:
+    extra = {"top/train/unicorn/0000.jpg": b"x", "../evil.jpg": b"x"}
+    src = make_zip(tmp_path / "z.zip", {"train": 2, "test": 1}, prefix="top/", extra=extra)
+    train = cifar10_zip_images("train", src)
+    assert [c for c, _ in train] == [c for c in CIFAR10_CLASSES for _ in range(2)]
+    assert train[0][1] == jpeg(0) and train[-1][1] == jpeg(9 * 20)
+    assert len(cifar10_zip_images("test", src)) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.zip"]
+    with pytest.raises(ValueError, match="split must be one of"):
+        cifar10_zip_images("val", src)
+    with pytest.raises(Cifar10SourceError, match="no CIFAR-10 zip at"):
+        cifar10_zip_images("train", tmp_path / "missing.zip")
 
 
 def test_prefixed_zip_unsafe_and_junk_members_ignored(tmp_path: Path) -> None:
