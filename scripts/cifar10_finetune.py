@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 
 from imgsim_lab.adapters import finetune as ft
 from imgsim_lab.adapters.evaluate import itq, ranking_metrics, sign_codes
+from imgsim_lab.adapters.training import config_dict
 from imgsim_lab.datasets import CIFAR10_CLASSES, cifar10_zip_images
 from imgsim_lab.jsonio import write_json
 from imgsim_lab.models.registry import get_model
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--val-db", type=int, default=20000,
                     help="training images the validation queries are ranked against each epoch")
+    ap.add_argument("--no-codes", action="store_true", help="skip the 48/64-bit sign codes")
     ap.add_argument("--stride", type=int, default=1, help="use every N-th image (quick runs)")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
         row = (f"{model.key} fine-tune last {blocks} blocks + {args.kind} {args.loss}"
                + (" (flip)" if args.flip else "") + f", up to {args.epochs} epochs")
         weights = args.json.with_name(f"{args.json.stem}-b{blocks}-e{args.epochs}.safetensors")
-        save_file(res.tensors(), str(weights))  # kept before the (long) evaluation
+        save_file(res.weights(), str(weights))  # kept before the (long) evaluation
         log.info("%s: weights in %s; history %s", row, weights, res.history)
         t0 = time.perf_counter()
         db = res.embed(acts["train"], acts.get("train_flip"))
@@ -105,11 +107,11 @@ def main() -> None:
         embed_s = time.perf_counter() - t0
         metrics = ranking_metrics(db, y["train"], q, y["test"])
         codes = {}
-        for bits in (48, 64):
+        for bits in () if args.no_codes else (48, 64):
             mean, pca, rot = itq(db, bits)
             cdb, cq = sign_codes(db, mean, pca, rot), sign_codes(q, mean, pca, rot)
             codes[f"{bits}bit"] = ranking_metrics(cdb, y["train"], cq, y["test"])
-        out["rows"][row] = {"config": ft.config_dict(cfg), "start": args.start, "metrics": metrics,
+        out["rows"][row] = {"config": config_dict(cfg), "start": args.start, "metrics": metrics,
                             "codes": codes, "training": res.summary(), "history": res.history,
                             "embed_seconds": round(embed_s, 1), "weights": weights.name,
                             "cache_seconds": {k: round(v, 1) for k, v in cache_s.items()},

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from imgsim_lab.adapters.heads import HEAD_KINDS, LOSSES, Head, make_loss
-from imgsim_lab.adapters.training import retrieval_map, stratified_split, warmup_cosine
+from imgsim_lab.adapters.heads import Head, make_loss
+from imgsim_lab.adapters.training import (
+    TrainConfig,
+    TrainResult,
+    class_indices,
+    retrieval_map,
+    stratified_split,
+    warmup_cosine,
+)
 from imgsim_lab.iterutil import chunked
 from imgsim_lab.models.efficientnet_lite import EfficientNetLite
 from imgsim_lab.models.onnx_backend import cache_dir, export_torch, load_runner
@@ -141,74 +148,39 @@ def cache_activations(model: EfficientNetLite, sources: Sequence[Source], start:
 
 
 @dataclass
-class FinetuneConfig:
-    """Settings of one partial fine-tuning (recorded with its results)."""
+class FinetuneConfig(TrainConfig):
+    """Settings of one partial fine-tuning: a :class:`TrainConfig` for the head (``lr``;
+    proxies x10) plus the blocks to train and their learning rate (recorded with results)."""
 
     blocks: int = 2               # last blocks of the network to train (with the head conv)
-    kind: str = "mlp"             # adapter head on the pooled 1280-d features
-    dim: int = 256
-    hidden: int = 1024
-    loss: str = "cos_softmax"
+    tail_lr: float = 2e-4         # the pretrained blocks
     epochs: int = 8               # at most
     batch_size: int = 128
-    lr: float = 1e-3              # head (proxies x10)
-    tail_lr: float = 2e-4         # the pretrained blocks
-    weight_decay: float = 1e-4
-    dropout: float = 0.1
-    scale: float = 16.0
-    margin: float = 0.1
-    temperature: float = 0.1
-    val_fraction: float = 0.1
     patience: int = 3
-    seed: int = 0
-    threads: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.blocks < 1:
             raise ValueError(f"blocks must be >= 1, got {self.blocks}")
-        if self.kind not in HEAD_KINDS:
-            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.epochs <= 0 or self.batch_size <= 1:
-            raise ValueError("epochs must be positive and batch_size > 1")
-
-    def loss_options(self) -> dict[str, float]:
-        if self.loss == "cos_softmax":
-            return {"scale": self.scale, "margin": self.margin}
-        if self.loss == "supcon":
-            return {"temperature": self.temperature}
-        return {}
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(TrainResult):
     """The trained tail and head (best epoch), per-epoch history and what it took.
 
     ``bridge`` holds the frozen blocks between the cache's block ``start`` and the tail:
     :meth:`embed` runs them, so it takes activations cached at ``start`` like training did.
+    ``tensors`` stays empty: :meth:`weights` gives the tail's and head's.
     """
 
-    tail: Tail
-    head: Head
-    bridge: nn.ModuleList
-    start: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_map: float = 0.0
-    seconds: float = 0.0
+    tail: Tail = field(kw_only=True)
+    head: Head = field(kw_only=True)
+    bridge: nn.ModuleList = field(kw_only=True)
+    start: int = field(kw_only=True)
     advance_seconds: float = 0.0
-    n_fit: int = 0
-    n_val: int = 0
-    stopped_early: bool = False
 
     def summary(self) -> dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "best_val_mAP@100": round(self.best_val_map, 5),
-                "epochs_run": len(self.history), "train_seconds": round(self.seconds, 2),
-                "advance_seconds": round(self.advance_seconds, 2), "n_fit": self.n_fit,
-                "n_val": self.n_val, "stopped_early": self.stopped_early}
+        return {**super().summary(), "advance_seconds": round(self.advance_seconds, 2)}
 
     def embed(self, acts: np.ndarray, acts_flip: np.ndarray | None = None) -> np.ndarray:
         """L2-normalized embeddings of activations cached at block ``start`` (averaged with
@@ -222,8 +194,8 @@ class FinetuneResult:
         e = e + one(acts_flip)
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
-    def tensors(self) -> dict[str, np.ndarray]:
-        """Tail and head weights (best epoch) as float32/int64 numpy arrays, for safetensors."""
+    def weights(self) -> dict[str, np.ndarray]:
+        """Tail and head weights (best epoch) as numpy arrays, for safetensors."""
         out = {f"tail.{k}": v.detach().cpu().numpy().copy() for k, v in self.tail.state_dict().items()}
         out.update({f"head.{k}": v.detach().cpu().numpy().copy() for k, v in self.head.state_dict().items()})
         return out
@@ -275,10 +247,7 @@ def train_tail(model: EfficientNetLite, acts: np.ndarray, y: np.ndarray, start: 
     if len(acts) != len(y) or (acts_flip is not None and acts_flip.shape != acts.shape):
         raise ValueError(f"{len(acts)} activations, {len(y)} labels"
                          f"{'' if acts_flip is None else f', {len(acts_flip)} flipped'}: they must match")
-    classes = np.unique(y)
-    if len(classes) < 2:
-        raise ValueError(f"fine-tuning needs at least two labels, got {len(classes)}")
-    y = np.searchsorted(classes, y)
+    classes, y = class_indices(y, "fine-tuning")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bridge = nn.ModuleList(copy.deepcopy(b) for b in net._blocks[start:first]).requires_grad_(False)
@@ -301,7 +270,8 @@ def train_tail(model: EfficientNetLite, acts: np.ndarray, y: np.ndarray, start: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps))
     xt, yt = torch.from_numpy(acts), torch.from_numpy(y)
     xft = torch.from_numpy(acts_flip) if acts_flip is not None else None
-    res = FinetuneResult(tail, head, bridge, start, n_fit=len(fit), n_val=len(val), advance_seconds=advance_s)
+    res = FinetuneResult(tail=tail, head=head, bridge=bridge, start=start, n_fit=len(fit), n_val=len(val),
+                         advance_seconds=advance_s)
     best: tuple[dict, dict] | None = None
     bad = 0
     t0 = time.perf_counter()
@@ -349,7 +319,3 @@ def train_tail(model: EfficientNetLite, acts: np.ndarray, y: np.ndarray, start: 
     head.eval()
     res.seconds = time.perf_counter() - t0
     return res
-
-
-def config_dict(cfg: FinetuneConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(cfg).items() if k != "threads"}

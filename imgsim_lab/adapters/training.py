@@ -71,7 +71,7 @@ class TrainConfig:
 class TrainResult:
     """The exported head, the per-epoch history and what the training took."""
 
-    tensors: dict[str, np.ndarray]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_map: float = 0.0
@@ -84,6 +84,14 @@ class TrainResult:
         return {"best_epoch": self.best_epoch, "best_val_mAP@100": round(self.best_val_map, 5),
                 "epochs_run": len(self.history), "train_seconds": round(self.seconds, 2),
                 "n_fit": self.n_fit, "n_val": self.n_val, "stopped_early": self.stopped_early}
+
+
+def class_indices(y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, index of each label in classes)``; refuses fewer than two classes."""
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(f"{what} needs at least two labels, got {len(classes)}")
+    return classes, np.searchsorted(classes, y)
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +144,7 @@ def train_head(x: np.ndarray, y: np.ndarray, config: TrainConfig | None = None, 
     y = np.asarray(y, np.int64)
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"x must be (n, d) with one label per row, got {x.shape} and {y.shape}")
-    classes = np.unique(y)
-    if len(classes) < 2:
-        raise ValueError(f"training an adapter needs at least two labels, got {len(classes)}")
-    y = np.searchsorted(classes, y)
+    classes, y = class_indices(y, "training an adapter")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

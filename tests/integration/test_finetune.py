@@ -114,5 +114,5 @@ def test_embed_runs_the_frozen_blocks_between_cache_and_tail(lite0, cached):
             x = b(x)
         direct = ft.embed(res.tail, res.head, x.numpy().astype(np.float16))
     np.testing.assert_allclose(res.embed(acts), direct, atol=1e-3)
-    t = res.tensors()
+    t = res.weights()
     assert any(k.startswith("tail.blocks.0.") for k in t) and any(k.startswith("head.") for k in t)
