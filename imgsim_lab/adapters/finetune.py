@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,17 +102,7 @@ def trunk_runner(model: EfficientNetLite, start: int):
             "input": f"uint8 (n, {model.size}, {model.size}, 3)"}
 
     def module() -> Embedder:
-        emb = Embedder(Trunk(net, start), model.mean, model.std).eval()
-
-        class Unflattened(nn.Module):  # Embedder flattens; keep (n, C, H, W)
-            def __init__(self) -> None:
-                super().__init__()
-                self.emb = emb
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.emb.features(self.emb.normalize(x))
-
-        return Unflattened().eval()
+        return Embedder(Trunk(net, start), model.mean, model.std, flatten=False).eval()
 
     return load_runner(path, export_torch(module, (2, model.size, model.size, 3)), meta,
                        model.threads, model.ort_options)
@@ -133,8 +123,7 @@ def cache_activations(model: EfficientNetLite, sources: Sequence[Source], start:
                f"{' flip' if flip else ''}", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgsim-decode") as ex:
         pos = 0
-        batches: Iterable[list[np.ndarray]] = (list(ex.map(prepare, c)) for c in chunked(sources, batch_size))
-        for batch in batches:
+        for batch in (list(ex.map(prepare, c)) for c in chunked(sources, batch_size)):
             acts = np.asarray(runner(np.stack(batch)))
             if out is None:
                 out = np.empty((len(sources), *acts.shape[1:]), np.float16)
@@ -201,6 +190,12 @@ class FinetuneResult(TrainResult):
         return out
 
 
+def advance(model: EfficientNetLite, acts: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Activations cached at block ``start`` carried to block ``stop`` through the frozen
+    blocks between (run once per split; :func:`train_tail` then takes ``start=stop``)."""
+    return _run_blocks(model._network()._blocks[start:stop], acts)
+
+
 def _run_blocks(blocks: nn.ModuleList, acts: np.ndarray, batch: int = 512) -> np.ndarray:
     """Frozen ``blocks`` over cached activations, in eval mode (float16 out)."""
     if len(blocks) == 0:
@@ -220,16 +215,9 @@ def embed(tail: Tail, head: Head, acts: np.ndarray, batch: int = 512) -> np.ndar
     """L2-normalized head outputs of activations entering the tail (eval mode, no gradients)."""
     tail.eval()
     head.eval()
-    parts = []
-    with torch.inference_mode():
-        for s in range(0, len(acts), batch):
-            parts.append(head(tail(torch.from_numpy(acts[s:s + batch].astype(np.float32)))).numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, head_dim(head)), np.float32)
-
-
-def head_dim(head: Head) -> int:
-    last = head.net if head.kind == "linear" else head.net[-1]
-    return int(last.out_features)
+    with torch.inference_mode():  # at least one (possibly empty) batch: the output keeps its dim
+        return np.concatenate([head(tail(torch.from_numpy(acts[s:s + batch].astype(np.float32)))).numpy()
+                               for s in range(0, max(1, len(acts)), batch)])
 
 
 def train_tail(model: EfficientNetLite, acts: np.ndarray, y: np.ndarray, start: int,

@@ -18,7 +18,8 @@ def use_threads(n: int) -> None:
 
 
 class Embedder(torch.nn.Module):
-    """uint8 NHWC pixels -> normalized float NCHW -> ``features`` -> (n, d).
+    """uint8 NHWC pixels -> normalized float NCHW -> ``features`` -> (n, d) (or, with
+    ``flatten=False``, the features' own shape, e.g. a network's inner activations).
 
     The normalization ``(x - mean) * (1 / std)`` is the same float32 arithmetic the numpy
     preprocessing did, so it is part of the network (exported to ONNX with it) and the
@@ -26,9 +27,10 @@ class Embedder(torch.nn.Module):
     """
 
     def __init__(self, features: Callable[[torch.Tensor], torch.Tensor] | torch.nn.Module,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+                 mean: Sequence[float], std: Sequence[float], flatten: bool = True) -> None:
         super().__init__()
         self.features = features
+        self.flatten = flatten
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 1, 1, 3))
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).reshape(1, 1, 1, 3))
 
@@ -37,7 +39,8 @@ class Embedder(torch.nn.Module):
         return x.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.features(self.normalize(x)), 1)
+        y = self.features(self.normalize(x))
+        return torch.flatten(y, 1) if self.flatten else y
 
 
 class TorchRunner:
