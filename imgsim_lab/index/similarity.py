@@ -327,11 +327,14 @@ class SimilarityIndex:
             if step.step is Step.REBUILD:
                 log.warning("index %s/%s: %s; rebuilding", self.store.namespace, self.model, step.reason)
                 self.rebuild()
-                self._note_disagreement(self._model_count(), now.watermark)
+                self._note_disagreement(self.store.embedding_count(self.model, now.watermark),
+                                        now.watermark)
                 return added
             if step.step is Step.CATCH_UP:
                 added += self._catch_up(now.watermark)
-            count = self._model_count()
+            # ids past the watermark may be listed already (a lower reservation in flight):
+            # count up to it, as the index holds
+            count = self.store.embedding_count(self.model, now.watermark)
             if self._store_watermark() == now.watermark:
                 break
         else:  # a writer kept adding: the count is not comparable now, check next time

@@ -230,6 +230,16 @@ class Store(ABC):
     def last_id(self) -> int:
         """The id watermark: every id ever handed out is <= this."""
 
+    def embedding_count(self, model: str, upto: int) -> int:
+        """Vectors of ``model`` stored under ids ``<= upto`` (the index compares this with what it holds).
+
+        This default counts them all: right where the watermark moves in the same atomic
+        write as the records (RocksDB). A server store counts by id, since other ids past
+        the watermark may be listed while a lower reservation is still in flight.
+        """
+        info = self.model_info().get(model)
+        return 0 if info is None else info.count
+
     @abstractmethod
     def get_records(self, ids: Sequence[int]) -> list[Record | None]:
         """Records by id, ``None`` where absent."""

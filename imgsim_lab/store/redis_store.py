@@ -493,6 +493,9 @@ class RespStore(Store):
     def count(self) -> int:
         return int(self._t.command("ZCARD", self.keys.ids))
 
+    def embedding_count(self, model: str, upto: int) -> int:
+        return int(self._t.command("ZCOUNT", self.keys.eids(model), "-inf", int(upto)))
+
     def seq(self) -> int:
         """The highest id handed out (some may still be in flight)."""
         return self._int(self.keys.seq)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from imgsim_lab.index import Hit, IndexConfig, SimilarityIndex
 from imgsim_lab.index.synthetic import SyntheticSpec, generate, write_to_store
 from imgsim_lab.store import NewImage, open_store
+from imgsim_lab.store.config import StoreConfig
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +153,37 @@ def test_index_follows_another_process_writing_to_redis(redis_url, namespace, tm
     finally:
         s.flush()
         s.close()
+
+
+def test_sync_does_not_rebuild_while_a_writer_has_ids_in_flight(server_url, namespace, tmp_path):
+    """Ids listed past the watermark (a lower reservation still in flight) are not a
+    disagreement: the count the index checks against stops at the watermark too.
+
+    A CI run's search-under-load test saw 4 rebuilds: between one MULTI of a round and
+    the next, a reader counts the first batch's records while the watermark waits.
+    """
+    s = open_store(server_url, namespace)
+    slow = open_store(server_url, namespace, config=StoreConfig(writer_lease=2.0))
+    try:
+        s.register_model(MODEL, 16, "v1")
+        x = unit(np.random.default_rng(6).standard_normal((60, 16)))
+        put(s, x[:40])
+        idx = SimilarityIndex(s, MODEL, cfg(tmp_path))
+        before = idx.rebuilds
+        slow._reserve(10)  # a writer holds ids 41..50 and has not committed them
+        put(s, x[40:], start=40)  # ids 51..70: written and listed
+        assert s.last_id() == 40
+        assert idx.sync() == 0 and idx.ntotal == 40
+        assert idx.rebuilds == before  # the old count (all 60 listed) called for a rebuild
+        deadline = time.monotonic() + 5  # the slow writer never commits: its lease runs out
+        while s.last_id() != 70 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert s.last_id() == 70
+        assert idx.sync() == 20 and idx.ntotal == 60 and idx.rebuilds == before
+    finally:
+        s.flush()
+        s.close()
+        slow.close()
 
 
 def test_index_over_read_only_rocksdb_follows_the_writer(tmp_path):
