@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from imgsim_lab.expansion import ExpansionConfig, expand, normalized
 from imgsim_lab.images import ImageInfo, Limits, decode, sha256_hex
-from imgsim_lab.index import IndexConfig, SimilarityIndex
+from imgsim_lab.index import Hit, IndexConfig, SimilarityIndex
 from imgsim_lab.models import EmbeddingModel
 from imgsim_lab.store import NewImage, Record, Store
 
@@ -64,10 +65,15 @@ class Searcher:
     Each search syncs first (unless another thread is updating), and a repeated identical query
     is answered from the index's query cache (``IndexConfig.query_cache``) until a sync or an
     update changes the index.
+
+    ``expansion`` turns on αQE (:mod:`imgsim_lab.expansion`): the query moves towards its
+    top ``n`` results (their stored vectors, weighted by cosine ** alpha) and is searched
+    again; scores are then cosines to the expanded query. Off by default.
     """
 
     def __init__(self, store: Store, model: EmbeddingModel | str, size: int | None = None,
-                 index_config: IndexConfig | None = None, limits: Limits | None = None) -> None:
+                 index_config: IndexConfig | None = None, limits: Limits | None = None,
+                 expansion: ExpansionConfig | None = None) -> None:
         self.store = store
         if isinstance(model, str):
             from imgsim_lab.adapters.model import resolve_model  # derived keys BASE+NAME too
@@ -76,6 +82,7 @@ class Searcher:
         self.model = model
         self.limits = limits or Limits()
         self.index_config = index_config
+        self.expansion = expansion or ExpansionConfig()
         self._index: SimilarityIndex | None = None
         self._index_lock = threading.Lock()
 
@@ -137,10 +144,39 @@ class Searcher:
                       exclude_sha256: str | None = None) -> list[Match]:
         """Top-k stored images by cosine similarity, with their records."""
         self.index.sync(wait=False)  # another thread updating: search what it serves meanwhile
-        hits = self.index.search(np.asarray(vec, np.float32), k=k, exclude_ids=exclude_ids,
-                                 exclude_sha256=exclude_sha256)
+        vec = np.asarray(vec, np.float32)
+        if self.expansion.enabled:
+            hits = self._search_expanded(vec, k, exclude_ids, exclude_sha256)
+        else:
+            hits = self.index.search(vec, k=k, exclude_ids=exclude_ids, exclude_sha256=exclude_sha256)
         records = self.store.get_records([h.id for h in hits])
         return [Match(h.id, float(h.score), r) for h, r in zip(hits, records, strict=True)]
+
+    def _search_expanded(self, vec: np.ndarray, k: int, exclude_ids,
+                         exclude_sha256: str | None) -> list[Hit]:
+        """αQE: search again with the query plus its top-n results' stored vectors, weighted by
+        cosine ** alpha. Exact duplicates of the *original* query stay excluded."""
+        q = normalized(vec)
+        first = self.index.search(q, k=self.expansion.n, exclude_ids=exclude_ids,
+                                  exclude_sha256=exclude_sha256)
+        ids, vecs = self.store.get_embeddings(self.model.key, [h.id for h in first])
+        if not len(ids):  # nothing stored, or deleted meanwhile
+            return self.index.search(q, k=k, exclude_ids=exclude_ids, exclude_sha256=exclude_sha256)
+        score = {h.id: h.score for h in first}
+        sims = np.array([[score[int(i)] for i in ids]], np.float32)
+        qx = expand(q[None], normalized(vecs)[None], sims, self.expansion.alpha)[0]
+        thr = self.index.config.duplicate_threshold
+        fetch = 2 * k
+        while True:  # the index drops duplicates of qx; those of q are dropped here
+            hits = self.index.search(qx, k=fetch, exclude_ids=exclude_ids, exclude_sha256=exclude_sha256)
+            if thr is None:
+                return hits[:k]
+            found, hv = self.store.get_embeddings(self.model.key, [h.id for h in hits])
+            dup = {int(i) for i, c in zip(found, normalized(hv) @ q, strict=True) if c >= 1.0 - thr}
+            kept = [h for h in hits if h.id not in dup]
+            if len(kept) >= k or len(hits) < fetch:
+                return kept[:k]
+            fetch *= 2
 
     def search_id(self, image_id: int, k: int = 5) -> list[Match]:
         """Top-k neighbours of a stored image (never itself)."""

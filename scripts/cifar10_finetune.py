@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--no-codes", action="store_true", help="skip the 48/64-bit sign codes")
     ap.add_argument("--stride", type=int, default=1, help="use every N-th image (quick runs)")
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--save-embeddings", type=Path, default=None,
+                    help="also write the database/query embeddings and labels (.npz, for re-ranking studies)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -110,6 +112,9 @@ def main() -> None:
         db = res.embed(views["train"], views.get("train_flip"))
         q = res.embed(views["test"], views.get("test_flip"))
         embed_s = time.perf_counter() - t0
+        if args.save_embeddings:
+            np.savez(args.save_embeddings.with_name(f"{args.save_embeddings.stem}-b{blocks}.npz"),
+                     db=db, db_y=y["train"], q=q, q_y=y["test"])
         metrics = ranking_metrics(db, y["train"], q, y["test"])
         codes = {}
         for bits in () if args.no_codes else (48, 64):

@@ -6,9 +6,12 @@ benchmark computes the same metrics through :mod:`imgsim_lab.evaluation`.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from imgsim_lab import evaluation as ev
+from imgsim_lab.expansion import ExpansionConfig, augment_database, expand_against
 
 
 def ranking_metrics(db: np.ndarray, db_y: np.ndarray, q: np.ndarray, q_y: np.ndarray,
@@ -86,3 +89,20 @@ def sign_codes(x: np.ndarray, mean: np.ndarray, pca: np.ndarray, rot: np.ndarray
     c = np.sign((np.asarray(x, np.float32) - mean) @ pca @ rot)
     c[c == 0] = 1
     return c.astype(np.float32)
+
+
+def expansion_metrics(db: np.ndarray, db_y: np.ndarray, q: np.ndarray, q_y: np.ndarray,
+                      qe: ExpansionConfig, dba: ExpansionConfig | None = None,
+                      full_map: bool = True) -> dict[str, float]:
+    """:func:`ranking_metrics` after DBA of the database (``dba``) and αQE of the queries (``qe``).
+
+    The database side uses the database only; each query is expanded with its own results.
+    Adds ``seconds_dba`` and ``seconds_qe`` (wall time of the two steps).
+    """
+    t0 = time.perf_counter()
+    db2 = augment_database(db, dba.n, dba.alpha) if dba is not None and dba.enabled else db
+    t1 = time.perf_counter()
+    q2 = expand_against(q, db2, qe.n, qe.alpha)
+    t2 = time.perf_counter()
+    out = ranking_metrics(db2, db_y, q2, q_y, full_map=full_map)
+    return {**out, "seconds_dba": round(t1 - t0, 2), "seconds_qe": round(t2 - t1, 2)}

@@ -25,6 +25,7 @@ from PIL import Image
 
 from imgsim_lab import config
 from imgsim_lab.datasets import Located, locate
+from imgsim_lab.expansion import ExpansionConfig
 from imgsim_lab.images import ImageRejected, Limits, decode, safe_name, sha256_hex
 from imgsim_lab.messages import describe_rejection
 from imgsim_lab.models.base import split_key
@@ -123,6 +124,7 @@ class SearchSession:
                              f"`imgsim ingest cifar10:train --limit 1000 --kv {self.kv_url}`")
         self.store: Store = open_store(self.kv_url, self.namespace, read_only=self.embedded)
         self.searchers: dict[str, Searcher] = {}
+        self.expansion = ExpansionConfig()  # αQE off until set_expansion
         self._thumbs: dict[int, Thumb] = {}
 
     @property
@@ -150,7 +152,7 @@ class SearchSession:
 
     def _searcher(self, key: str) -> Searcher:
         name, size = split_model_key(key)
-        searcher = Searcher(self.store, name, size=size, limits=self.limits)
+        searcher = Searcher(self.store, name, size=size, limits=self.limits, expansion=self.expansion)
         if searcher.model.key != key:
             raise ValueError(f"model {name!r} at {size or 'its default size'} is stored as "
                              f"{searcher.model.key!r}, not {key!r}")
@@ -170,6 +172,12 @@ class SearchSession:
             raise ValueError(f"compare at most {MAX_MODELS} models at once")
         searchers = {k: self.searchers.get(k) or self._searcher(k) for k in keys}
         self.searchers = searchers
+
+    def set_expansion(self, expansion: ExpansionConfig) -> None:
+        """Query expansion (αQE) for every model's searches from now on (``n=0``: off)."""
+        self.expansion = expansion
+        for s in self.searchers.values():
+            s.expansion = expansion
 
     def use_model(self, key: str) -> None:
         """Search with the stored model ``key`` alone."""

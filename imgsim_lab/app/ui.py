@@ -11,12 +11,15 @@ import ipywidgets as W
 
 from imgsim_lab.app.dropzone import TRANSPORT_MAX_BYTES, DropZone
 from imgsim_lab.app.session import MAX_MODELS, Outcome, SearchSession, data_uri, split_model_key, warm_up
+from imgsim_lab.expansion import ExpansionConfig
 from imgsim_lab.images import Limits
 from imgsim_lab.messages import megabytes
 
 log = logging.getLogger(__name__)
 
 MAX_K = 50
+#: Results the query expansion checkbox expands with (αQE; see imgsim_lab.expansion).
+EXPAND_N = 5
 #: Upload cards kept on the page (newest batch only; the oldest go first).
 MAX_CARDS = 20
 
@@ -167,7 +170,7 @@ class SearchApp:
 
     def __init__(self, kv_url: str | None = None, namespace: str | None = None, model: str | None = None,
                  k: int = 5, add_uploads: bool = True, data_dir: str | os.PathLike[str] | None = None,
-                 limits: Limits | None = None, compare: Sequence[str] = ()) -> None:
+                 limits: Limits | None = None, compare: Sequence[str] = (), expand: int = 0) -> None:
         self.session: SearchSession | None = None
         self.outcomes: list[Outcome] = []
         self._last: tuple[str, object] | None = None  # ("files", [(name, bytes)]) or ("id", id)
@@ -185,6 +188,9 @@ class SearchApp:
                                   layout=W.Layout(width="160px"))
         self.add = W.Checkbox(value=bool(add_uploads), description="Add uploads to the collection",
                               indent=False)
+        self.expand = W.Checkbox(value=expand > 0, indent=False,
+                                 description=f"Query expansion (αQE over the top {expand or EXPAND_N})")
+        self._expand_n = expand or EXPAND_N
         self.upload = DropZone(mode="button", label="Choose files", hint="")
         self.drop = DropZone()
         self.stored_id = W.IntText(value=0, description="Stored id", layout=W.Layout(width="200px"))
@@ -201,6 +207,7 @@ class SearchApp:
             self.drop.max_bytes = self.upload.max_bytes = limit
             self.drop.hint = (f"or click to choose files (JPEG, PNG, WebP, BMP, GIF, TIFF; up to "
                               f"{megabytes(limit)} each)")
+            self.session.set_expansion(ExpansionConfig(self._expand_n if self.expand.value else 0))
             self._start(model)
         except Exception as exc:  # noqa: BLE001 - shown in the app, not as a traceback
             log.exception("search app set-up failed")
@@ -209,6 +216,7 @@ class SearchApp:
             return
         self.model.observe(self._on_model, names="value")
         self.k.observe(self._on_k, names="value")
+        self.expand.observe(self._on_expand, names="value")
 
     # ----------------------------------------------------------------- layout
     def _layout(self) -> W.Widget:
@@ -218,8 +226,8 @@ class SearchApp:
                       "models to compare their top-k side by side.</div>")
         compare = W.HBox([W.HTML("<span class='imgsim-compare-label'>Compare with</span>"), self.compare_box],
                          layout=W.Layout(align_items="center", grid_gap="8px"))
-        controls = W.VBox([self.model, compare, W.HBox([self.k, self.add]), W.HBox([self.upload]), self.drop,
-                           W.HBox([self.stored_id, self.stored_go])],
+        controls = W.VBox([self.model, compare, W.HBox([self.k, self.add]), self.expand,
+                           W.HBox([self.upload]), self.drop, W.HBox([self.stored_id, self.stored_go])],
                           layout=W.Layout(width="560px", grid_gap="6px"))
         top = W.HBox([controls, self.facts], layout=W.Layout(grid_gap="24px", align_items="flex-start"))
         box = W.VBox([head, top, self.status, self.results])
@@ -311,6 +319,11 @@ class SearchApp:
 
     def _on_k(self, change: dict) -> None:
         if change.get("new"):
+            self._rerun()
+
+    def _on_expand(self, change: dict) -> None:
+        if self.session is not None:
+            self.session.set_expansion(ExpansionConfig(self._expand_n if change.get("new") else 0))
             self._rerun()
 
     def _switch(self, note: str = "") -> None:

@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input size in pixels (default: the model's)")
     add_backend_arg(parser)
     parser.add_argument("--k", type=positive_int, default=5, help="how many results (default 5)")
+    parser.add_argument("--expand", type=int, default=0, metavar="N",
+                        help="query expansion (αQE): re-search with the query moved towards its "
+                             "top N results (default 0: off)")
+    parser.add_argument("--alpha", type=float, default=3.0,
+                        help="αQE weight exponent: a result of cosine s weighs s**alpha (default 3)")
     add_store_args(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -55,10 +60,15 @@ def openable_path(record, data_dir: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from imgsim_lab import config
+    from imgsim_lab.expansion import ExpansionConfig
     from imgsim_lab.images import ImageRejected
     from imgsim_lab.messages import describe_rejection
     from imgsim_lab.search import Searcher
 
+    try:
+        expansion = ExpansionConfig(args.expand, args.alpha)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     data = read_query(args.image)
     with open_store(args.kv, args.namespace, read_only=is_embedded(args.kv),
                     must_exist=True) as store:
@@ -72,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             require_stored_model(store, args.model, args.kv)  # refuses before building the model
         model = load_model(args.model, args.size, args.backend)
         require_stored_model(store, model.key, args.kv)
-        searcher = Searcher(store, model)
+        searcher = Searcher(store, model, expansion=expansion)
         try:
             result = searcher.search_bytes(data, k=args.k, source=str(args.image))
         except ImageRejected as exc:
@@ -80,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir = config.data_dir()
     out = result.to_dict()
     out["query"] = str(args.image)
+    if expansion.enabled:
+        out["expansion"] = {"n": expansion.n, "alpha": expansion.alpha}
     for d, m in zip(out["matches"], result.matches, strict=True):
         d["path"] = openable_path(m.record, data_dir) if m.record else None
     if args.json:
@@ -87,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     state = f"stored as id {result.stored_id}" if result.duplicate else "not stored"
     print(f"{args.image} ({result.info.width}x{result.info.height}, {state}); "
-          f"top {len(result.matches)} by cosine ({searcher.model.key}):")
+          f"top {len(result.matches)} by cosine ({searcher.model.key}"
+          + (f", αQE n={expansion.n} alpha={expansion.alpha:g}" if expansion.enabled else "") + "):")
     for rank, d in enumerate(out["matches"], 1):
         print(f"{rank:>3}  id {d['id']:>8}  score {d['score']:.4f}  "
               f"label {d['label'] or '-':<12} {d['path'] or d['source']}")

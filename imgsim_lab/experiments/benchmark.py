@@ -63,6 +63,8 @@ class BenchmarkParams:
     dask: str | None = None             # Dask cluster to ingest on: local:N | tcp://host:8786
     derived: dict[str, dict] = field(default_factory=dict)  # recipes of derived models BASE+NAME
     full_map: bool = False              # also mAP over the whole database ("mAP@all")
+    expand: int = 0                     # αQE: queries expanded with their top-N database results (0: off)
+    expand_alpha: float = 3.0           # αQE weight exponent (cosine ** alpha)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BenchmarkParams:
@@ -70,6 +72,9 @@ class BenchmarkParams:
         p = checked_params(cls, values, "benchmark")
         if isinstance(p.models, str):
             p.models = [p.models]
+        from imgsim_lab.expansion import ExpansionConfig
+
+        ExpansionConfig(p.expand, p.expand_alpha)  # a bad setting is refused before any work
         return p
 
     def size_for(self, model: str) -> int | None:
@@ -145,6 +150,11 @@ def evaluate_model(store, model, params: BenchmarkParams, queries: list[ImageIte
 
     ids, db, db_labels, db_sources = stored_database(store, model.key)
     qvecs, q_rate = embed_items(model, queries, params.batch_size, params.progress)
+    if params.expand and len(db):  # every metric below ranks the expanded queries
+        from imgsim_lab.expansion import ExpansionConfig, expand_against
+
+        cfg = ExpansionConfig(params.expand, params.expand_alpha)
+        qvecs = expand_against(qvecs, db, cfg.n, cfg.alpha)
     q_codes, _ = ev.encode_labels([q.label for q in queries], classes)
     db_codes, _ = ev.encode_labels(db_labels, classes)
     depth = max(params.map_depth, params.k, 10)
@@ -190,6 +200,7 @@ def evaluate_model(store, model, params: BenchmarkParams, queries: list[ImageIte
                          db_codes, params.example_queries, classes)
     return {"key": model.key, "name": model.name, "size": model.size, "dim": model.dim,
             "version": model.version, "db_count": int(len(ids)), "query_count": len(queries),
+            "expansion": {"n": params.expand, "alpha": params.expand_alpha} if params.expand else None,
             "query_embed_images_per_s": q_rate, "exact_search_s": exact_s,
             "quality": quality, "per_class": per_class, "index": index_metrics,
             "examples": examples}

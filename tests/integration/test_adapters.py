@@ -338,3 +338,20 @@ def test_flip_averaging_wrapper_is_mirror_invariant():
     plain = base.embed_images([img])[0]
     assert float(plain @ a) < 0.999  # it is not the plain embedding
     assert {"efficientnet_lite0_flip", "efficientnet_lite2_flip"} <= set(available_models())
+
+
+def test_benchmark_with_query_expansion_ranks_the_expanded_queries(tmp_path):
+    from imgsim_lab.experiments import run_benchmark
+
+    root = _image_folder(tmp_path / "imgs", range(0, 60), range(60, 75))
+    params = {"dataset": str(root), "db_size": None, "query_size": None, "progress": False,
+              "models": ["pixels"], "output_dir": str(tmp_path / "run"),
+              "kv_url": f"rocksdb:{tmp_path / 'kv'}", "latency_queries": 5, "example_queries": 2}
+    plain = run_benchmark(params)["models"]["pixels"]
+    qe = run_benchmark({**params, "expand": 3, "output_dir": str(tmp_path / "run_qe")})["models"]["pixels"]
+    assert plain["expansion"] is None and qe["expansion"] == {"n": 3, "alpha": 3.0}
+    top = [[h["score"] for h in m["examples"][0]["hits"]] for m in (plain, qe)]
+    assert top[0] != top[1]  # cosines to the expanded query, not to the query
+    assert qe["index"]["recall@10"] == 1.0  # the index searched the same expanded queries
+    with pytest.raises(ValueError, match="expansion n must be >= 0"):
+        run_benchmark({**params, "expand": -1, "output_dir": str(tmp_path / "run_bad")})

@@ -308,3 +308,21 @@ def test_upload_file_is_kept_exactly_when_a_record_points_at_it(app: SearchApp) 
         [locked] = app.handle_files([("locked.png", _png(7401))])
     assert locked.status == "searched" and locked.notes
     assert not list((app.session.data_dir / "uploads").glob("*locked.png"))
+
+
+def test_query_expansion_checkbox_reruns_with_expanded_queries(app: SearchApp) -> None:
+    out = app.search_stored(4)
+    plain = [m.id for m in out.results["pixels"].matches]
+    assert not app.session.searcher.expansion.enabled
+    app.expand.value = True  # re-runs the current query, expanded
+    assert app.session.searcher.expansion.n == 5
+    again = app.outcomes[-1].results["pixels"].matches
+    got = [m.id for m in again]
+    assert len(got) == 5 == len(set(got)) and 4 not in got
+    expected = app.session.searcher.search_id(4, k=5)  # the same searcher, expanded
+    assert got == [m.id for m in expected]
+    assert [m.score for m in again] != [m.score for m in out.results["pixels"].matches] or got != plain
+    app.compare["color_hist"].value = True  # a model loaded later is expanded too
+    assert app.session.searchers["color_hist"].expansion.n == 5
+    app.expand.value = False
+    assert not any(s.expansion.enabled for s in app.session.searchers.values())
