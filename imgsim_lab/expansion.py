@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from imgsim_lab.adapters.transforms import l2n
 from imgsim_lab.index.tune import faiss_threads
 
 
@@ -41,13 +42,6 @@ class ExpansionConfig:
         return self.n > 0
 
 
-def normalized(x: np.ndarray) -> np.ndarray:
-    """Rows (or one vector) scaled to unit length, float32."""
-    x = np.asarray(x, np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 def expand(q: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float) -> np.ndarray:
     """αQE of queries ``q`` (m, d) with their top-n ``neighbours`` (m, n, d) and cosines (m, n).
 
@@ -60,48 +54,45 @@ def expand(q: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, alpha: float
         raise ValueError(f"expand: queries {q.shape} and neighbours {neighbours.shape} do not match")
     s = np.nan_to_num(np.asarray(sims, np.float32), nan=0.0, neginf=0.0, posinf=0.0)
     w = np.where(s > 0, np.maximum(s, 0.0) ** np.float32(alpha), 0.0).astype(np.float32)
-    return normalized(q + np.einsum("mn,mnd->md", w, neighbours))
+    return l2n(q + np.einsum("mn,mnd->md", w, neighbours))
 
 
-def augment_database(db: np.ndarray, n: int, alpha: float = 3.0, chunk: int = 4096) -> np.ndarray:
-    """DBA: each database row expanded with its own top-``n`` database neighbours (itself excluded).
+def _expand_rows(q: np.ndarray, db: np.ndarray, n: int, alpha: float, chunk: int,
+                 skip_self: bool) -> np.ndarray:
+    """αQE of each row of ``q`` with its top-``n`` rows of ``db`` (exact search, in chunks).
 
-    Exact inner-product search over ``db`` in chunks of ``chunk`` rows.
+    ``skip_self``: ``q`` is ``db``, and a row is never its own neighbour, wherever it ranks.
     """
-    db = normalized(db)
-    if n <= 0 or len(db) < 2:
-        return db
-    n = min(n, len(db) - 1)
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    out = np.empty_like(db)
-    with faiss_threads():
-        for s in range(0, len(db), chunk):
-            part = db[s:s + chunk]
-            sims, rows = index.search(part, n + 1)
-            own = np.arange(s, s + len(part))[:, None]
-            keep = rows != own  # drop the row itself wherever it ranks (ties included)
-            first = np.argsort(~keep, axis=1, kind="stable")[:, :n]  # the first n others
-            rows = np.take_along_axis(rows, first, axis=1)
-            sims = np.take_along_axis(sims, first, axis=1)
-            sims = np.where(rows >= 0, sims, -np.inf)
-            out[s:s + len(part)] = expand(part, db[np.maximum(rows, 0)], sims, alpha)
-    return out
-
-
-def expand_against(q: np.ndarray, db: np.ndarray, n: int, alpha: float = 3.0,
-                   chunk: int = 4096) -> np.ndarray:
-    """αQE of queries ``q`` against the rows of ``db`` (exact search), for offline evaluation."""
-    q = normalized(q)
-    if n <= 0:
-        return q
-    db = normalized(db)
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(db)
     out = np.empty_like(q)
     with faiss_threads():
         for s in range(0, len(q), chunk):
-            sims, rows = index.search(q[s:s + chunk], min(n, len(db)))
-            sims = np.where(rows >= 0, sims, -np.inf)
-            out[s:s + len(rows)] = expand(q[s:s + chunk], db[np.maximum(rows, 0)], sims, alpha)
+            part = q[s:s + chunk]
+            sims, rows = index.search(part, n + skip_self)
+            if skip_self:
+                own = np.arange(s, s + len(part))[:, None]
+                first = np.argsort(rows == own, axis=1, kind="stable")[:, :n]  # the first n others
+                rows = np.take_along_axis(rows, first, axis=1)
+                sims = np.take_along_axis(sims, first, axis=1)
+            sims = np.where(rows >= 0, sims, -np.inf)  # faiss pads missing results with -1
+            out[s:s + len(part)] = expand(part, db[np.maximum(rows, 0)], sims, alpha)
     return out
+
+
+def augment_database(db: np.ndarray, n: int, alpha: float = 3.0, chunk: int = 4096) -> np.ndarray:
+    """DBA: each database row expanded with its own top-``n`` database neighbours (itself excluded)."""
+    db = l2n(db)
+    if n <= 0 or len(db) < 2:
+        return db
+    return _expand_rows(db, db, min(n, len(db) - 1), alpha, chunk, skip_self=True)
+
+
+def expand_against(q: np.ndarray, db: np.ndarray, n: int, alpha: float = 3.0,
+                   chunk: int = 4096) -> np.ndarray:
+    """αQE of queries ``q`` against the rows of ``db`` (exact search), for offline evaluation."""
+    q = l2n(q)
+    if n <= 0 or not len(db):
+        return q
+    db = l2n(db)
+    return _expand_rows(q, db, min(n, len(db)), alpha, chunk, skip_self=False)

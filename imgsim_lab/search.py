@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgsim_lab.expansion import ExpansionConfig, expand, normalized
+from imgsim_lab.adapters.transforms import l2n
+from imgsim_lab.expansion import ExpansionConfig, expand
 from imgsim_lab.images import ImageInfo, Limits, decode, sha256_hex
 from imgsim_lab.index import Hit, IndexConfig, SimilarityIndex
 from imgsim_lab.models import EmbeddingModel
@@ -156,7 +157,7 @@ class Searcher:
                          exclude_sha256: str | None) -> list[Hit]:
         """αQE: search again with the query plus its top-n results' stored vectors, weighted by
         cosine ** alpha. Exact duplicates of the *original* query stay excluded."""
-        q = normalized(vec)
+        q = l2n(vec[None])[0]
         first = self.index.search(q, k=self.expansion.n, exclude_ids=exclude_ids,
                                   exclude_sha256=exclude_sha256)
         ids, vecs = self.store.get_embeddings(self.model.key, [h.id for h in first])
@@ -164,7 +165,7 @@ class Searcher:
             return self.index.search(q, k=k, exclude_ids=exclude_ids, exclude_sha256=exclude_sha256)
         score = {h.id: h.score for h in first}
         sims = np.array([[score[int(i)] for i in ids]], np.float32)
-        qx = expand(q[None], normalized(vecs)[None], sims, self.expansion.alpha)[0]
+        qx = expand(q[None], l2n(vecs)[None], sims, self.expansion.alpha)[0]
         thr = self.index.config.duplicate_threshold
         fetch = 2 * k
         while True:  # the index drops duplicates of qx; those of q are dropped here
@@ -172,7 +173,7 @@ class Searcher:
             if thr is None:
                 return hits[:k]
             found, hv = self.store.get_embeddings(self.model.key, [h.id for h in hits])
-            dup = {int(i) for i, c in zip(found, normalized(hv) @ q, strict=True) if c >= 1.0 - thr}
+            dup = {int(i) for i, c in zip(found, l2n(hv) @ q, strict=True) if c >= 1.0 - thr}
             kept = [h for h in hits if h.id not in dup]
             if len(kept) >= k or len(hits) < fetch:
                 return kept[:k]

@@ -188,9 +188,9 @@ class SearchApp:
                                   layout=W.Layout(width="160px"))
         self.add = W.Checkbox(value=bool(add_uploads), description="Add uploads to the collection",
                               indent=False)
-        self.expand = W.Checkbox(value=expand > 0, indent=False,
-                                 description=f"Query expansion (αQE over the top {expand or EXPAND_N})")
         self._expand_n = expand or EXPAND_N
+        self.expand = W.Checkbox(value=expand > 0, indent=False,
+                                 description=f"Query expansion (αQE over the top {self._expand_n})")
         self.upload = DropZone(mode="button", label="Choose files", hint="")
         self.drop = DropZone()
         self.stored_id = W.IntText(value=0, description="Stored id", layout=W.Layout(width="200px"))

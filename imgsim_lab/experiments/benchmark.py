@@ -150,11 +150,10 @@ def evaluate_model(store, model, params: BenchmarkParams, queries: list[ImageIte
 
     ids, db, db_labels, db_sources = stored_database(store, model.key)
     qvecs, q_rate = embed_items(model, queries, params.batch_size, params.progress)
-    if params.expand and len(db):  # every metric below ranks the expanded queries
-        from imgsim_lab.expansion import ExpansionConfig, expand_against
+    if params.expand:  # every metric below ranks the expanded queries (settings checked in from_dict)
+        from imgsim_lab.expansion import expand_against
 
-        cfg = ExpansionConfig(params.expand, params.expand_alpha)
-        qvecs = expand_against(qvecs, db, cfg.n, cfg.alpha)
+        qvecs = expand_against(qvecs, db, params.expand, params.expand_alpha)
     q_codes, _ = ev.encode_labels([q.label for q in queries], classes)
     db_codes, _ = ev.encode_labels(db_labels, classes)
     depth = max(params.map_depth, params.k, 10)
