@@ -20,6 +20,18 @@ TRAIN_POINTS_PER_CENTROID = 16
 ID_BYTES = 8
 #: Rough per-entry cost of IndexIDMap2's reverse hash map (std::unordered_map<int64, int64>).
 IDMAP2_ENTRY_BYTES = 48
+#: Codecs of a flat compressed index (every code scanned, ids in an IDMap): RaBitQ (one bit per
+#: dimension, optionally fast-scan) and fast-scan PQ. Neither needs k-means over the collection.
+RABITQ_RE = r"RaBitQ(?:fs(?:_\d+)?)?"
+FLAT_CODEC_RE = RABITQ_RE + r"|PQ\d+x4fs"
+#: Training sample of a flat scan of codes: RaBitQ's centroid and fast-scan PQ's 16 centroids
+#: per sub-quantizer (<= PQ_POINTS_PER_CENTROID x 16 points each) need no more.
+FLAT_TRAIN_POINTS = 2048
+#: Bytes of RaBitQ's per-vector factors (two float32) next to its sign bits.
+RABITQ_FACTOR_BYTES = 8
+#: Collections up to this size get flat RaBitQ among the tune's candidates (a flat scan grows
+#: with n; the tune's timing decides whether it is fast enough).
+FLAT_SCAN_MAX_N = 2_000_000
 #: PCA output dimensions we consider for budget mode, largest first.
 PCA_DIMS = (384, 256, 192, 128, 96, 64, 48, 32)
 #: Default upper bound of the PCA output (more dimensions cost rebuild speed and latency).
@@ -103,6 +115,15 @@ def training_size(n: int, nlist: int, minimum: int = 8192, maximum: int = MAX_TR
     (:data:`MAX_TRAIN_POINTS`), at least ``minimum`` (for the PCA; an explicit larger minimum
     wins), and never more than ``n``."""
     return int(min(n, max(minimum, min(TRAIN_POINTS_PER_CENTROID * nlist, maximum))))
+
+
+def sample_size(factory: str | None, n: int, nlist: int, minimum: int = 8192) -> int:
+    """Vectors a build of ``factory`` samples to train on: :data:`FLAT_TRAIN_POINTS` for a flat
+    scan of codes (RaBitQ learns a centroid, fast-scan PQ 16 centroids per sub-quantizer), else
+    :func:`training_size`. A PCA before the codes needs the larger sample."""
+    if factory is not None and is_flat(factory) and not factory_parts(factory)["pca"]:
+        return int(min(n, FLAT_TRAIN_POINTS))
+    return training_size(n, nlist, minimum)
 
 
 def pca_training_size(n_sample: int) -> int:
@@ -209,13 +230,18 @@ def factory_parts(factory: str) -> dict:
     HNSW graph over codes or None) and ``codec`` (``SQ8``, ``PQ64``, ``PQ320x4fs``, ...).
     """
     m = re.match(r"^(?:PCA(?:R)?(\d+),)?(?:(OPQ\d+(?:_\d+)?),)?"
-                 r"(?:IVF(\d+)(?:_HNSW(\d+))?,(\w+)|HNSW(\d+)_(\w+))$", factory)
+                 r"(?:IVF(\d+)(?:_HNSW(\d+))?,(\w+)|HNSW(\d+)_(\w+)|(" + FLAT_CODEC_RE + r"))$", factory)
     if not m:
         raise ValueError(f"unsupported factory {factory!r}")
-    pca, opq, nlist, chnsw, codec_ivf, hnsw, codec_hnsw = m.groups()
+    pca, opq, nlist, chnsw, codec_ivf, hnsw, codec_hnsw, codec_flat = m.groups()
     return {"pca": int(pca) if pca else None, "opq": opq, "nlist": int(nlist) if nlist else None,
             "coarse_hnsw": int(chnsw) if chnsw else None, "hnsw": int(hnsw) if hnsw else None,
-            "codec": codec_ivf or codec_hnsw}
+            "codec": codec_ivf or codec_hnsw or codec_flat, "flat": codec_flat is not None}
+
+
+def is_flat(factory: str) -> bool:
+    """Whether ``factory`` scans every code (no IVF lists, no graph: nothing to probe)."""
+    return factory_parts(factory)["flat"]
 
 
 def _codec_bytes(codec: str, d: int) -> int:
@@ -230,6 +256,8 @@ def _codec_bytes(codec: str, d: int) -> int:
     pq = re.match(r"^PQ(\d+)(?:x(\d+))?(fs)?$", codec)
     if pq:
         return -(-int(pq.group(1)) * int(pq.group(2) or 8) // 8)
+    if re.match(r"^" + RABITQ_RE + r"$", codec):  # one sign bit per dimension + 2 float32 factors
+        return (d + 7) // 8 + RABITQ_FACTOR_BYTES
     raise ValueError(f"unsupported codec {codec!r}")
 
 
@@ -261,6 +289,8 @@ def factory_bytes(factory: str, n: int, dim: int) -> int:
     fixed = transform + 2 * d_codes * 4
     if p["hnsw"]:
         per += int(2 * p["hnsw"] * 4 * 1.05)
+    elif p["flat"]:
+        fixed += d_codes * 4  # RaBitQ's centroid (PQ's tables are added below)
     else:
         fixed += p["nlist"] * d_codes * 4
         if p["coarse_hnsw"]:
@@ -283,7 +313,8 @@ def candidate_factories(n: int, dim: int, index_budget: int, removable_only: boo
 
     Levers: the PCA output (or none), the number of IVF lists (sqrt(n) and 4·sqrt(n)),
     an HNSW coarse quantizer for the larger list counts, SQ8 against OPQ+PQ, fast-scan
-    PQ on the raw vectors (at sqrt(n), 2·sqrt(n) and 4·sqrt(n) lists), and HNSW graphs over
+    PQ on the raw vectors (at sqrt(n), 2·sqrt(n) and 4·sqrt(n) lists), a flat RaBitQ scan (up
+    to :data:`FLAT_SCAN_MAX_N` vectors) and HNSW graphs over
     SQ8 codes (no removal: only when ``removable_only`` is false). ``quick`` keeps the
     PCA + IVF + SQ8 family only.
     """
@@ -309,6 +340,10 @@ def candidate_factories(n: int, dim: int, index_budget: int, removable_only: boo
             # faster and built 3-5x faster; docs/index.md)
             for nl in sorted({*nlists, min(2 * base, big)}):
                 out.append(f"IVF{nl},PQ{dim // 4}x4fs")
+        if n <= FLAT_SCAN_MAX_N:  # no training and an encode of O(dim) per vector: the fastest
+            # rebuild; one bit per dimension, so the re-rank depth carries the recall
+            out += ["RaBitQ", "RaBitQfs_64"]  # plain: numpy encodes it (builders.fill); fast-scan
+            # searches ~2x faster
         if not removable_only:
             for dd, m in ((128, 32), (256, 16)):
                 if dd < dim:
@@ -327,6 +362,8 @@ def candidate_probes(factory: str) -> list[int]:
     p = factory_parts(factory)
     if p["hnsw"]:
         return list(TUNE_EFS)
+    if p["flat"]:
+        return [1]  # every code is scanned: the re-rank depth is the only lever
     return [x for x in TUNE_NPROBES if x <= p["nlist"]] or [p["nlist"]]
 
 

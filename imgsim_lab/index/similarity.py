@@ -275,7 +275,7 @@ class SimilarityIndex:
             else:
                 nlist = (decisions.factory_parts(self.config.factory)["nlist"] if self.config.factory
                          else None) or self.config.nlist or decisions.nlist_for(n)
-                size = decisions.training_size(n, nlist, self.config.train_min)
+                size = decisions.sample_size(self.config.factory, n, nlist, self.config.train_min)
                 sample = builders.sample_vectors(self.store, self.model, size, upto, n)
                 timings["sample"] = time.perf_counter() - t0
                 if len(sample) < nlist:
@@ -287,8 +287,8 @@ class SimilarityIndex:
                 index = builders.new_budget(self.dim, factory, sample, self.config.kmeans_iter)
                 timings["train"] = time.perf_counter() - t0 - timings["sample"]
             t_stream = time.perf_counter()
-            ids = builders.stream_into(index, chunks, upto, total=n, desc=f"index {self.model}",
-                                       timings=timings) if chunks is not None else np.empty(0, np.int64)
+            ids = builders.fill(index, chunks, upto, total=n, desc=f"index {self.model}",
+                                timings=timings) if chunks is not None else np.empty(0, np.int64)
             timings["stream"] = time.perf_counter() - t_stream  # read_wait + add when they overlap
         finally:
             if chunks is not None:
@@ -481,6 +481,9 @@ class SimilarityIndex:
     def _probe(self, st: IndexState, round_: int) -> tuple[int, int]:
         """``(nprobe, nlist)`` for a widening round."""
         ivf = builders.ivf_of(st.index)
+        if ivf is None:  # a flat scan sees every code (a graph widens with the depth alone)
+            probe = self.config.nprobe or 1
+            return probe, probe
         base = self.config.nprobe or decisions.nprobe_for(ivf.nlist)
         return min(ivf.nlist, base * 4 ** round_), ivf.nlist
 

@@ -296,12 +296,12 @@ def build(store: Store, model: str, factory: str, n: int, kmeans_iter: int = 10,
     t = time.perf_counter()
     upto = store.last_id()
     nlist = decisions.factory_parts(factory)["nlist"] or 1
-    size = decisions.training_size(n, nlist)  # the sample a rebuild trains on: build_s predicts it
+    size = decisions.sample_size(factory, n, nlist)  # the sample a rebuild trains on: build_s predicts it
     sample = builders.sample_vectors(store, model, size, upto, n, seed=seed)
     chunks = prefetch(store.iter_embeddings(model, 0, 16384), 4, name="index-prefetch")
     try:
         index = builders.new_budget(store.model_dim(model), factory, sample, kmeans_iter)
-        builders.stream_into(index, chunks, upto, total=n, desc=f"tune {factory}")
+        builders.fill(index, chunks, upto, total=n, desc=f"tune {factory}")
     finally:
         chunks.close()
     return index, time.perf_counter() - t

@@ -255,6 +255,8 @@ class Store(ABC):
         """
         dim = self.model_dim(model)
         ids = np.asarray(ids, dtype=np.int64).ravel()
+        if 0 < len(ids) <= READ_BATCH:  # one batch (a re-rank): no second copy of the vectors
+            return self._get_embeddings(model, dim, ids)
         found_parts, vec_parts = [], []
         for s in range(0, len(ids), READ_BATCH):
             f, v = self._get_embeddings(model, dim, ids[s : s + READ_BATCH])

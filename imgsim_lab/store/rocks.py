@@ -42,7 +42,6 @@ from imgsim_lab.store.schema import (
     ModelInfo,
     Record,
     chunk_rows,
-    decode_into,
     decode_many,
     now,
 )
@@ -60,6 +59,9 @@ def _options(create: bool) -> Options:
     opt.set_write_buffer_size(64 << 20)
     opt.increase_parallelism(os.cpu_count() or 2)
     opt.set_max_open_files(-1)  # required by secondary instances
+    # reads from mapped files: no read syscall per block (a full scan of 50k 5 KB vectors
+    # 0.25 s instead of 0.35-0.43 s)
+    opt.set_allow_mmap_reads(True)
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # a claim lookup of a new image's hash mostly misses
     opt.set_block_based_table_factory(table)
@@ -392,11 +394,11 @@ class RocksStore(Store):
         return [None if v is None else int(v) for v in vals]
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        vals = self._read_many([self.keys.emb(model, int(i)).encode() for i in ids])
+        vals = self._read_many(self.keys.emb_keys(model, ids))
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:
-        keys = [self.keys.emb(model, int(i)).encode() for i in ids]
+        keys = self.keys.emb_keys(model, ids)
         return np.array([v is not None for v in self._read_many(keys)], bool) if keys else np.zeros(0, bool)
 
     def iter_embeddings(self, model: str, after_id: int = 0,
@@ -404,30 +406,32 @@ class RocksStore(Store):
         dim = self.model_dim(model)
         rows = chunk_rows(chunk_size, dim)
         self.refresh()
-        prefix = self.keys.emb_prefix(model)
-        start = self.keys.emb(model, int(after_id) + 1)
-        nbytes = 4 * dim
-        ids = np.empty(rows, np.int64)
-        out = np.empty((rows, dim), np.float32)
-        n = 0
-        # read ahead about one chunk (capped at 8 MB): long scans stream, short samples stay cheap
-        readahead = min(8 << 20, chunk_size * nbytes) if chunk_size >= 1024 else 0
-        for key, val in self._scan(prefix, start, readahead):
-            # keys end in "{<10 digits>}<2 digits>": parse the fixed-width id without a search
-            image_id = (int(key[-13:-3] + key[-2:]) if key[-14:-13] == b"{" and key[-3:-2] == b"}"
-                        else self.keys.id_from_key(key))
-            if len(val) != nbytes:
-                decode_into(out, n, val, dim, model, image_id)  # raises CorruptDataError
-            out[n] = np.frombuffer(val, np.float32)
-            ids[n] = image_id
-            n += 1
-            if n == rows:
-                yield ids, out
-                ids = np.empty(rows, np.int64)
-                out = np.empty((rows, dim), np.float32)
-                n = 0
-        if n:
-            yield ids[:n], out[:n]
+        p = self.keys.emb_prefix(model).encode()
+        opts = ReadOptions()
+        # read ahead about one chunk (capped at 8 MB), bypassing the cache: long scans stream,
+        # short samples stay cheap
+        if chunk_size >= 1024:
+            opts.fill_cache(False)
+            opts.set_readahead_size(min(8 << 20, chunk_size * 4 * dim))
+        it = self._db.iter(opts)
+        try:  # the hot loop only collects bytes; each chunk is decoded in one copy (decode_many)
+            it.seek(self.keys.emb(model, int(after_id) + 1).encode())
+            keys: list[bytes] = []
+            vals: list[bytes] = []
+            while it.valid():
+                k = it.key()
+                if not k.startswith(p):
+                    break
+                keys.append(k)
+                vals.append(it.value())
+                it.next()
+                if len(keys) == rows:
+                    yield decode_many(self.keys.ids_from_keys(keys), vals, dim, model)
+                    keys, vals = [], []
+            if keys:
+                yield decode_many(self.keys.ids_from_keys(keys), vals, dim, model)
+        finally:
+            del it  # an abandoned scan frees its RocksDB iterator at once
 
     def iter_records(self, after_id: int = 0, chunk_size: int = 1000) -> Iterator[list[Record]]:
         self.refresh()

@@ -36,7 +36,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -131,6 +131,12 @@ class Keys:
     def emb(self, model: str, image_id: int) -> str:
         return f"{self.ns}:emb:{model}:{self.tag(image_id)}"
 
+    def emb_keys(self, model: str, ids: Sequence[int] | np.ndarray) -> list[bytes]:
+        """:meth:`emb` of many ids, as bytes (one %-format each: ~5x faster than ``emb``)."""
+        pattern = self.emb_prefix(model).encode() + b"{%0" + str(ID_WIDTH - BLOCK_DIGITS).encode() + \
+            b"d}%0" + str(BLOCK_DIGITS).encode() + b"d"
+        return [pattern % divmod(i, BLOCK) for i in np.asarray(ids, np.int64).tolist()]
+
     def model(self, model: str) -> str:
         return f"{self.ns}:model:{model}"
 
@@ -163,6 +169,22 @@ class Keys:
                 or not (tail[1:-BLOCK_DIGITS - 1] + tail[-BLOCK_DIGITS:]).isdigit()):
             raise CorruptDataError(f"malformed key {key!r}")
         return int(tail[1:-BLOCK_DIGITS - 1] + tail[-BLOCK_DIGITS:])
+
+    @classmethod
+    def ids_from_keys(cls, keys: list[bytes]) -> np.ndarray:
+        """:meth:`id_from_key` of many keys at once: vectorized when they have one length."""
+        if not keys:
+            return np.empty(0, np.int64)
+        width = len(keys[0])
+        buf = b"".join(keys)
+        if width >= ID_SUFFIX_LEN and len(buf) == width * len(keys):
+            tail = np.frombuffer(buf, np.uint8).reshape(len(keys), width)[:, width - ID_SUFFIX_LEN:]
+            digits = np.concatenate([tail[:, 1:-BLOCK_DIGITS - 1], tail[:, -BLOCK_DIGITS:]], axis=1)
+            if ((tail[:, 0] == ord("{")).all() and (tail[:, -BLOCK_DIGITS - 1] == ord("}")).all()
+                    and ((digits >= ord("0")) & (digits <= ord("9"))).all()):
+                scale = 10 ** np.arange(digits.shape[1] - 1, -1, -1, dtype=np.int64)
+                return (digits.astype(np.int64) - ord("0")) @ scale
+        return np.fromiter((cls.id_from_key(k) for k in keys), np.int64, len(keys))  # raises on a bad one
 
 
 @dataclass(frozen=True)
@@ -338,7 +360,7 @@ def decode_into(out: np.ndarray, row: int, data: bytes, dim: int, model: str, im
 def decode_many(ids: np.ndarray, values: list, dim: int, model: str) -> tuple[np.ndarray, np.ndarray]:
     """Vectors read for ``ids`` (``None`` where absent): ``(found_ids, vectors)`` in input order."""
     nbytes = 4 * dim
-    if values and all(v is not None and len(v) == nbytes for v in values):  # the usual case: one C copy
+    if values and None not in values and set(map(len, values)) == {nbytes}:  # the usual case: one C copy
         buf = bytearray().join(values)  # one copy, and the result is writable
         out = np.frombuffer(buf, dtype=VECTOR_DTYPE).reshape(len(values), dim)
         return np.asarray(ids, np.int64), out

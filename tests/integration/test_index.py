@@ -264,3 +264,41 @@ def test_vectors_added_directly_are_not_duplicated_by_sync(store, tmp_path):
     assert idx.sync() == 0 and idx.ntotal == 120
     hits = idx.search(x[110] + 1e-3, k=3)
     assert hits[0].id == int(new[10]) and len({h.id for h in hits}) == 3
+
+
+@pytest.mark.parametrize("factory", ["RaBitQ", "RaBitQfs_64"])
+def test_flat_rabitq_index_recall_sync_removal_and_snapshot(store, tmp_path, factory):
+    """A flat RaBitQ budget index (issue 19's fastest rebuild): re-ranked recall, catch-up,
+    deletions and a snapshot, on every backend."""
+    spec = SyntheticSpec(dim=64, latent_dim=16, n_clusters=64, seed=11)
+    write_to_store(store, "synthetic64", 3000, spec, progress=False)
+    x = generate(spec, 0, 3000)
+    ids = np.arange(1, 3001)
+    idx = SimilarityIndex(store, "synthetic64", cfg(tmp_path, mode="budget", memory_budget=0.3,
+                                                    factory=factory, rerank_min=80))
+    st = idx.stats()
+    assert st["mode"] == "budget" and st["factory"] == factory and idx.ntotal == 3000
+    assert st["index_bytes"] <= st["budget_bytes"]
+    recall = []
+    for j in np.random.default_rng(5).choice(3000, 40, replace=False):
+        hits = idx.search(x[j], k=10, exclude_ids=[int(ids[j])])
+        want = dict(brute(ids, x, x[j], 10, {int(ids[j])}))
+        assert len({h.id for h in hits}) == 10 and int(ids[j]) not in {h.id for h in hits}
+        assert all(abs(h.score - want[h.id]) < 1e-5 for h in hits if h.id in want)  # exact cosines
+        recall.append(len({h.id for h in hits} & set(want)) / 10)
+    assert np.mean(recall) >= 0.95
+    new = unit(np.random.default_rng(6).standard_normal((40, 64)))
+    items = [NewImage(sha(f"late{i}"), f"late{i}", 1, 1, None, {"synthetic64": v}) for i, v in enumerate(new)]
+    late = np.array([r.id for r in store.add_images(items)], np.int64)
+    assert idx.sync() == 40 and idx.ntotal == 3040 and idx.rebuilds == 1
+    assert idx.search(new[3] + 1e-3, k=1)[0].id == int(late[3])
+    gone = [int(late[3]), int(ids[0])]
+    store.delete(gone)
+    assert idx.sync() == 0 and idx.ntotal == 3038 and idx.rebuilds == 1  # removed in place
+    assert not {h.id for h in idx.search(new[3], k=20)} & set(gone)
+    idx.save()
+    again = SimilarityIndex(store, "synthetic64", cfg(tmp_path, mode="budget", memory_budget=0.3,
+                                                      factory=factory, rerank_min=80))
+    assert again.ntotal == 3038 and again.stats()["last_rebuild_s"] == 0.0  # loaded, not rebuilt
+    q = x[100]
+    assert [h.id for h in again.search(q, k=10)] == [h.id for h in idx.search(q, k=10)]

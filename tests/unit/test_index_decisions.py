@@ -128,7 +128,8 @@ def test_synthetic_vectors_are_seeded_normalized_and_structured():
 # ---------------------------------------------------------------- tuning decisions
 def test_factory_parts_reads_every_family():
     assert dec.factory_parts("PCA256,IVF1024,SQ8") == {"pca": 256, "opq": None, "nlist": 1024,
-                                                        "coarse_hnsw": None, "hnsw": None, "codec": "SQ8"}
+                                                        "coarse_hnsw": None, "hnsw": None, "codec": "SQ8",
+                                                        "flat": False}
     assert dec.factory_parts("PCA256,IVF1024_HNSW32,SQ8")["coarse_hnsw"] == 32
     assert dec.factory_parts("OPQ64_256,IVF256,PQ64")["opq"] == "OPQ64_256"
     assert dec.factory_parts("PCA128,HNSW32_SQ8")["hnsw"] == 32
@@ -173,6 +174,41 @@ def test_candidate_levers_at_50k_real_budget():
     assert dec.candidate_probes("PCA128,IVF256,SQ8")[-1] == 256
     assert dec.candidate_probes("PCA128,IVF64,SQ8") == [8, 16, 24, 32, 48, 64]
     assert dec.candidate_probes("PCA128,HNSW32_SQ8") == list(dec.TUNE_EFS)
+
+
+def test_flat_code_factories_scan_everything_and_need_a_small_sample():
+    for f, codec in (("RaBitQ", "RaBitQ"), ("RaBitQfs_64", "RaBitQfs_64"), ("PQ320x4fs", "PQ320x4fs"),
+                     ("PCA256,RaBitQ", "RaBitQ")):
+        p = dec.factory_parts(f)
+        assert p["flat"] and p["codec"] == codec and p["nlist"] is None and p["hnsw"] is None, f
+        assert dec.is_flat(f) and dec.supports_removal(f) and dec.candidate_probes(f) == [1]
+    assert not dec.is_flat("IVF256,PQ320x4fs") and not dec.is_flat("PCA128,HNSW32_SQ8")
+    with pytest.raises(ValueError):
+        dec.factory_parts("RaBitQ2")  # multi-bit RaBitQ: not a codec we build
+    assert dec.factory_code_bytes("RaBitQfs_64", 1280) == 160 + 8  # one bit per dim + 2 float32
+    assert dec.factory_code_bytes("PCA256,RaBitQ", 1280) == 32 + 8
+    n = 50_000  # a sample for the centroid (or 16 PQ centroids), not 16 per IVF list
+    assert dec.sample_size("RaBitQfs_64", n, 1) == dec.FLAT_TRAIN_POINTS == 2048
+    assert dec.sample_size("RaBitQ", 1000, 1) == 1000
+    assert dec.sample_size("PCA128,RaBitQ", n, 1) == dec.training_size(n, 1)  # the PCA needs more
+    assert dec.sample_size("IVF256,PQ320x4fs", n, 256) == dec.training_size(n, 256)
+    assert dec.sample_size(None, n, 256) == dec.training_size(n, 256)
+    budget = int(0.1 * n * 1280 * 4)
+    assert {"RaBitQ", "RaBitQfs_64"} <= set(dec.candidate_factories(n, 1280, budget, removable_only=True))
+    big = dec.FLAT_SCAN_MAX_N + 1  # a flat scan grows with n: not a candidate past the cap
+    assert not [f for f in dec.candidate_factories(big, 1280, int(0.1 * big * 1280 * 4)) if dec.is_flat(f)]
+
+
+@pytest.mark.parametrize("factory", ["RaBitQ", "RaBitQfs_64", "PQ16x4fs"])
+def test_flat_code_factory_bytes_match_faiss(factory):
+    """factory_bytes (what the budget check uses) against the serialized faiss index."""
+    n, dim = 4000, 64
+    x = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+    idx = new_budget(dim, factory, x[:2048])
+    idx.add_with_ids(x, np.arange(n, dtype=np.int64))
+    real = faiss.serialize_index(idx).size
+    estimate = dec.factory_bytes(factory, n, dim)
+    assert abs(estimate - real) / real < 0.1, (estimate, real)
 
 
 def test_frontier_keeps_the_cheapest_depth_per_probe():

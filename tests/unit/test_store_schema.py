@@ -138,3 +138,23 @@ def test_chunk_rows_caps_a_chunk_at_chunk_bytes():
     assert chunk_rows(1000, 1280) == 1000 and chunk_rows(16384, 8) == 16384
     assert chunk_rows(10, 10**9) == 1  # never zero
     assert chunk_rows(8192, 1280) * 1280 * 4 <= CHUNK_BYTES
+
+
+def test_ids_from_many_keys_at_once():
+    k = Keys("ns")
+    ids = [1, 99, 100, 12345, 10**11 - 1]
+    keys = [k.emb("m", i).encode() for i in ids]
+    assert Keys.ids_from_keys(keys).tolist() == ids  # one width: vectorized
+    assert Keys.ids_from_keys([k.img(5).encode(), k.emb("model2", 6).encode()]).tolist() == [5, 6]
+    assert Keys.ids_from_keys([]).tolist() == []
+    for bad in ([k.emb("m", 3).encode()[:-1] + b"x"], [b"ns:emb:m:{000000000}00"],
+                [k.emb("m", 1).encode(), b"ns:emb:m:{0000000000}0x"]):
+        with pytest.raises(CorruptDataError):
+            Keys.ids_from_keys(bad)
+
+
+def test_many_embedding_keys_equal_one_by_one():
+    k = Keys("ns")
+    ids = [1, 99, 100, 4217, 10**12 - 1]
+    assert k.emb_keys("m+a", np.array(ids)) == [k.emb("m+a", i).encode() for i in ids]
+    assert k.emb_keys("m", []) == []
