@@ -31,7 +31,8 @@ class IndexConfig:
     nlist: int | None = None            # IVF lists; None: decisions.nlist_for(n) (~sqrt(n))
     nprobe: int | None = None           # IVF lists visited; None: decisions.nprobe_for(nlist)
     max_pca_dim: int = 128              # budget mode: PCA output dimension cap (before SQ8 codes)
-    train_min: int = 8192               # budget mode: train on >= this many sampled vectors (and 39/list)
+    train_min: int | None = None        # budget mode: train on >= this many sampled vectors; None: what
+    #                                     the factory needs (decisions.sample_size)
     kmeans_iter: int = 10               # k-means iterations when training the IVF
     retrain_growth: float = 2.0         # budget mode: retrain when n grows past this x the trained n
     snapshot_dir: str | Path | None = None  # None: <data_dir>/index/<store slug>/<namespace>/<model>

