@@ -86,6 +86,21 @@ def _inner(d: int, factory: str) -> faiss.Index:
     return index
 
 
+def buildable(dim: int, factory: str) -> bool:
+    """Whether this faiss can make ``factory`` (an untrained index; flat RaBitQ needs faiss 1.11+,
+    its fast-scan variant a later one). Logs the reason when it cannot."""
+    parts = factory.split(",")
+    inner = ",".join(parts[1:]) if parts[0].startswith("PCA") else factory
+    d = int(parts[0][3:]) if parts[0].startswith("PCA") else dim
+    try:
+        _inner(d, inner)
+    except (RuntimeError, ValueError, AttributeError) as e:
+        log.info("faiss %s cannot build %s (%s): not a candidate", faiss.__version__, factory,
+                 str(e).splitlines()[0][:120])
+        return False
+    return True
+
+
 def search_params(index: faiss.Index, probe: int | None) -> faiss.SearchParameters | None:
     """Search parameters setting ``probe`` (nprobe of an IVF, efSearch of a graph) through
     every wrapper (pre-transforms, IDMap) of ``index``; ``None`` when nothing takes it."""

@@ -359,7 +359,8 @@ def tune(store: Store, model: str, target_recall: float = 0.99, memory_budget: i
     dim = store.model_dim(model)
     budget = decisions.resolve_budget(memory_budget, n, dim)
     index_budget = budget  # the index may take the whole budget (there is no hot set)
-    cands = factories or decisions.candidate_factories(n, dim, index_budget, quick=quick)
+    cands = factories or [f for f in decisions.candidate_factories(n, dim, index_budget, quick=quick)
+                          if builders.buildable(dim, f)]  # e.g. RaBitQ needs faiss >= 1.11
     too_big = [f for f in cands if decisions.factory_bytes(f, n, dim) > index_budget]
     if too_big:  # an index could never use them: the budget would reject the setting
         log.warning("not measuring %s: over the index budget of %d bytes", ", ".join(too_big), index_budget)

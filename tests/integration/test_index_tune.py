@@ -162,3 +162,30 @@ def test_bench_search_reports_rebuild_phases_and_a_repeated_query_stream(tmp_pat
     assert z["cache_capacity"] == IndexConfig.query_cache and z["cache_hits"] == 120 - z["distinct"]
     assert z["cache_hit_rate"] == pytest.approx(z["repeat_share"]) and z["cached_p50_ms"] > 0
     assert not [k for k in data if k.startswith("hot")]  # no hot set any more
+
+
+def test_the_tune_measures_flat_rabitq_and_skips_what_this_faiss_cannot_build(tmp_path, monkeypatch):
+    import faiss
+
+    store = open_store(f"rocksdb:{tmp_path / 'kv'}", "t")
+    try:
+        write_to_store(store, MODEL, N, SyntheticSpec(dim=64, seed=5), progress=False)
+        res = tune.tune(store, MODEL, 0.95, 0.3, queries=40, latency_queries=3, seed=1,
+                        factories=["RaBitQ", "RaBitQfs_64", "IVF32,SQ8"])
+        got = {f["factory"]: f for f in res.factories}
+        assert {"RaBitQ", "RaBitQfs_64"} <= set(got)
+        assert all(r["probe"] == 1 for r in res.rows if r["factory"].startswith("RaBitQ"))
+        assert max(r["recall_at_10"] for r in res.rows if r["factory"] == "RaBitQ") >= 0.95
+        real = faiss.index_factory
+
+        def old_faiss(d, spec, metric=faiss.METRIC_L2):  # a faiss from before RaBitQ
+            if "RaBitQ" in spec:
+                raise RuntimeError("could not parse index string")
+            return real(d, spec, metric)
+
+        monkeypatch.setattr(faiss, "index_factory", old_faiss)
+        monkeypatch.setattr(dec, "candidate_factories", lambda *a, **k: ["RaBitQ", "IVF32,SQ8"])
+        res = tune.tune(store, MODEL, 0.95, 0.3, queries=40, latency_queries=3, seed=1)
+        assert [f["factory"] for f in res.factories] == ["IVF32,SQ8"]
+    finally:
+        store.close()

@@ -89,3 +89,19 @@ def test_fill_leaves_other_indexes_to_faiss():
     idx = new_budget(32, "IVF16,SQ8", x[:2000])
     got = builders.fill(idx, iter([(ids, x)]), upto_id=10**9)
     assert len(got) == 3000 and idx.ntotal == 3000
+
+
+def test_a_factory_this_faiss_cannot_build_is_no_candidate(monkeypatch, caplog):
+    assert builders.buildable(64, "RaBitQfs_64") and builders.buildable(1280, "PCA128,IVF256,SQ8")
+    real = faiss.index_factory
+
+    def old_faiss(d, spec, metric=faiss.METRIC_L2):  # a faiss before RaBitQ
+        if "RaBitQ" in spec:
+            raise RuntimeError("could not parse index string RaBitQ")
+        return real(d, spec, metric)
+
+    monkeypatch.setattr(faiss, "index_factory", old_faiss)
+    with caplog.at_level(logging.INFO, logger="imgsim_lab.index.builders"):
+        assert not builders.buildable(64, "RaBitQ") and not builders.buildable(64, "PCA32,RaBitQfs_64")
+    assert "cannot build RaBitQ" in caplog.text
+    assert builders.buildable(64, "IVF16,SQ8")
