@@ -40,11 +40,10 @@ def new_budget(dim: int, factory: str, sample: np.ndarray, kmeans_iter: int = 10
     fast-scan PQ codes); the last two are wrapped in an IDMap for store ids.
     A leading PCA is computed with numpy (:func:`train_pca`), the rest by faiss.
     """
-    parts = factory.split(",")
-    if parts[0].startswith("PCA"):
-        d = int(parts[0][3:])
+    d, rest = _split_pca(dim, factory)
+    if d != dim:
         pca = train_pca(sample[: decisions.pca_training_size(len(sample))], d)
-        inner = _inner(d, ",".join(parts[1:]))
+        inner = _inner(d, rest)
         _set_iter(inner, kmeans_iter)
         inner.train(pca.apply(sample))
         index = faiss.IndexPreTransform(pca, inner)
@@ -56,6 +55,12 @@ def new_budget(dim: int, factory: str, sample: np.ndarray, kmeans_iter: int = 10
     _set_iter(index, kmeans_iter)
     index.train(sample)
     return index
+
+
+def _split_pca(dim: int, factory: str) -> tuple[int, str]:
+    """``(dimension after the leading PCA, the rest of the factory)``; ``(dim, factory)`` without one."""
+    first, _, rest = factory.partition(",")
+    return (int(first[3:]), rest) if first.startswith("PCA") else (dim, factory)
 
 
 #: OPQ rotation training: iterations and points (faiss' 50 x 256k take minutes on 1280-d).
@@ -89,11 +94,8 @@ def _inner(d: int, factory: str) -> faiss.Index:
 def buildable(dim: int, factory: str) -> bool:
     """Whether this faiss can make ``factory`` (an untrained index; flat RaBitQ needs faiss 1.11+,
     its fast-scan variant a later one). Logs the reason when it cannot."""
-    parts = factory.split(",")
-    inner = ",".join(parts[1:]) if parts[0].startswith("PCA") else factory
-    d = int(parts[0][3:]) if parts[0].startswith("PCA") else dim
     try:
-        _inner(d, inner)
+        _inner(*_split_pca(dim, factory))
     except (RuntimeError, ValueError, AttributeError) as e:
         log.info("faiss %s cannot build %s (%s): not a candidate", faiss.__version__, factory,
                  str(e).splitlines()[0][:120])

@@ -110,7 +110,8 @@ PQ_POINTS_PER_CENTROID = 64
 PQ_KMEANS_ITER = 10
 
 
-def training_size(n: int, nlist: int, minimum: int = 8192, maximum: int = MAX_TRAIN_POINTS) -> int:
+def training_size(n: int, nlist: int, minimum: int = PCA_TRAIN_POINTS,
+                  maximum: int = MAX_TRAIN_POINTS) -> int:
     """Vectors to sample for training: 16 per IVF list but at most ``maximum``
     (:data:`MAX_TRAIN_POINTS`), at least ``minimum`` (for the PCA; an explicit larger minimum
     wins), and never more than ``n``."""
@@ -121,14 +122,14 @@ def sample_size(factory: str | None, n: int, nlist: int, minimum: int | None = N
     """Vectors a build of ``factory`` samples to train on, never more than ``n``.
 
     With a PCA or an OPQ rotation (or an undecided factory: the default has a PCA), or an explicit
-    ``minimum``: :func:`training_size` (at least ``minimum``, default 8192, for the transform).
+    ``minimum``: :func:`training_size` (at least ``minimum``, default :data:`PCA_TRAIN_POINTS`).
     Otherwise only what the codes need: 16 per IVF list, the PQ sub-quantizers' points, at least
     :data:`FLAT_TRAIN_POINTS` (a flat RaBitQ learns a centroid). On the 50k real vectors
     ``IVF256,PQ320x4fs`` trained in 0.95-1.01 s on 4,096 instead of 1.52 s on 8,192, at the same
     recall@10 (0.9940, 300 queries).
     """
     if factory is None or minimum is not None:
-        return training_size(n, nlist, 8192 if minimum is None else minimum)
+        return training_size(n, nlist, PCA_TRAIN_POINTS if minimum is None else minimum)
     p = factory_parts(factory)
     if p["pca"] or p["opq"]:
         return training_size(n, nlist)

@@ -255,8 +255,6 @@ class Store(ABC):
         """
         dim = self.model_dim(model)
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        if 0 < len(ids) <= READ_BATCH:  # one batch (a re-rank): no second copy of the vectors
-            return self._get_embeddings(model, dim, ids)
         found_parts, vec_parts = [], []
         for s in range(0, len(ids), READ_BATCH):
             f, v = self._get_embeddings(model, dim, ids[s : s + READ_BATCH])
@@ -264,6 +262,8 @@ class Store(ABC):
             vec_parts.append(v)
         if not found_parts:
             return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        if len(found_parts) == 1:  # one batch (a re-rank): no second copy of the vectors
+            return found_parts[0], vec_parts[0]
         return np.concatenate(found_parts), np.concatenate(vec_parts)
 
     @abstractmethod

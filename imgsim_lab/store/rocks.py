@@ -237,6 +237,12 @@ class RocksStore(Store):
     def _scan(self, prefix: str, start: str | None = None,
               readahead: int = 0) -> Iterator[tuple[bytes, bytes]]:
         """Keys and values under ``prefix`` in key order; a long scan reads ahead, bypassing the cache."""
+        for keys, vals in self._scan_chunks(prefix, start, readahead, 64):
+            yield from zip(keys, vals, strict=True)
+
+    def _scan_chunks(self, prefix: str, start: str | None, readahead: int,
+                     rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """:meth:`_scan` as lists of at most ``rows`` keys and values: the hot loop only collects."""
         p = prefix.encode()
         opts = ReadOptions()
         if readahead:
@@ -245,12 +251,20 @@ class RocksStore(Store):
         it = self._db.iter(opts)
         try:
             it.seek((start or prefix).encode())
+            keys: list[bytes] = []
+            vals: list[bytes] = []
             while it.valid():
                 k = it.key()
                 if not k.startswith(p):
                     break
-                yield k, it.value()
+                keys.append(k)
+                vals.append(it.value())
                 it.next()
+                if len(keys) == rows:
+                    yield keys, vals
+                    keys, vals = [], []
+            if keys:
+                yield keys, vals
         finally:
             del it  # an abandoned scan frees its RocksDB iterator at once
 
@@ -406,32 +420,11 @@ class RocksStore(Store):
         dim = self.model_dim(model)
         rows = chunk_rows(chunk_size, dim)
         self.refresh()
-        p = self.keys.emb_prefix(model).encode()
-        opts = ReadOptions()
-        # read ahead about one chunk (capped at 8 MB), bypassing the cache: long scans stream,
-        # short samples stay cheap
-        if chunk_size >= 1024:
-            opts.fill_cache(False)
-            opts.set_readahead_size(min(8 << 20, chunk_size * 4 * dim))
-        it = self._db.iter(opts)
-        try:  # the hot loop only collects bytes; each chunk is decoded in one copy (decode_many)
-            it.seek(self.keys.emb(model, int(after_id) + 1).encode())
-            keys: list[bytes] = []
-            vals: list[bytes] = []
-            while it.valid():
-                k = it.key()
-                if not k.startswith(p):
-                    break
-                keys.append(k)
-                vals.append(it.value())
-                it.next()
-                if len(keys) == rows:
-                    yield decode_many(self.keys.ids_from_keys(keys), vals, dim, model)
-                    keys, vals = [], []
-            if keys:
-                yield decode_many(self.keys.ids_from_keys(keys), vals, dim, model)
-        finally:
-            del it  # an abandoned scan frees its RocksDB iterator at once
+        # read ahead about one chunk (capped at 8 MB): long scans stream, short samples stay cheap
+        readahead = min(8 << 20, chunk_size * 4 * dim) if chunk_size >= 1024 else 0
+        start = self.keys.emb(model, int(after_id) + 1)
+        for keys, vals in self._scan_chunks(self.keys.emb_prefix(model), start, readahead, rows):
+            yield decode_many(self.keys.ids_from_keys(keys), vals, dim, model)  # one copy per chunk
 
     def iter_records(self, after_id: int = 0, chunk_size: int = 1000) -> Iterator[list[Record]]:
         self.refresh()
