@@ -12,15 +12,14 @@ directory each time, no tune), and the JSON holds every rebuild's timings (``sam
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 
-import faiss
-
 from imgsim_lab.index import SimilarityIndex
 from imgsim_lab.index.config import IndexConfig
+from imgsim_lab.index.tune import faiss_threads
+from imgsim_lab.jsonio import dumps, write_json
 from imgsim_lab.store import open_store
 
 THREADS = (1, 2)
@@ -43,11 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
             for nt in THREADS:
                 with tempfile.TemporaryDirectory() as tmp:
                     cfg = IndexConfig(mode="budget", memory_budget=0.1, factory=args.factory,
-                                      auto_tune=False, tuned=False, autosave=False, snapshot_dir=tmp,
-                                      build_threads=nt)
+                                      auto_tune=False, tuned=False, autosave=False, snapshot_dir=tmp)
                     idx = SimilarityIndex(store, args.model, cfg)
-                    faiss.omp_set_num_threads(nt)  # the process-wide setting is decided once: force it
-                    idx.rebuild()
+                    with faiss_threads(nt):  # the index's own setting is decided once per process
+                        idx.rebuild()
                     rows.append({"factory": args.factory, "threads": nt, "round": r,
                                  **idx.last_rebuild_timings})
     finally:
@@ -58,11 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
            "summary": {**{f"threads{nt}": {"total_s_median": s, "vectors_per_s_median": n / s}
                           for nt, s in medians.items()},
                        "threads2_over_threads1_speed": medians[1] / medians[2]}}
-    text = json.dumps(out, indent=1)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text)
-    sys.stdout.write(text + "\n")
+    sys.stdout.write((write_json(args.json, out) if args.json else dumps(out)) + "\n")
     return out
 
 
