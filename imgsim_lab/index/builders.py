@@ -2,8 +2,8 @@
 
 Rebuilds stream the store in large chunks on a reader thread while faiss (which
 releases the GIL) encodes the previous chunk, so reading and encoding overlap. A new flat
-RaBitQ index is filled with codes computed by numpy (:func:`rabitq_codes`, about twice as
-fast as faiss' per-vector encoder here; :func:`fill`).
+RaBitQ index is filled with codes computed by numpy (:func:`rabitq_codes`, cache-blocked: about
+10x faster than faiss' per-vector encoder here; :func:`fill`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 METRIC = faiss.METRIC_INNER_PRODUCT
 #: Consecutive ids per run when sampling training vectors.
 SAMPLE_BLOCK = 64
+#: Rows per cache block in :func:`rabitq_codes` (64 x 1280 float32 = 320 KB: inside L2).
+RABITQ_BLOCK = 64
 
 
 def new_exact(dim: int) -> faiss.Index:
@@ -251,32 +253,49 @@ def stream_into(index: faiss.Index, chunks: Iterator[tuple[np.ndarray, np.ndarra
 
 
 def rabitq_codes(x: np.ndarray, center: np.ndarray, inner_product: bool = True,
-                 scratch: np.ndarray | None = None) -> np.ndarray:
+                 scratch: np.ndarray | None = None, block: int | None = None) -> np.ndarray:
     """faiss' 1-bit RaBitQ codes of ``x`` (the layout of ``IndexRaBitQ``: the sign bits of
     ``x - center``, little-endian, then two float32 factors per vector), vectorized.
 
     The factors are faiss' ``or_minus_c_l2sqr`` (``|x-c|^2``, less ``|x|^2`` for inner
     product) and ``dp_multiplier`` (``|x-c| / <sign(x-c)/sqrt(d), (x-c)/|x-c|>``).
-    :func:`fill` checks them against faiss' own encoder on every build. ``scratch``, a float32
-    array of at least ``x.size`` items, is reused for ``x - center`` (no fresh pages per chunk).
+    :func:`fill` checks them against faiss' own encoder on every build. Rows are encoded
+    ``block`` at a time (default :data:`RABITQ_BLOCK`) so that ``x - center`` and its signs
+    stay in the core's cache while every per-row sum is taken from them (a whole chunk at once
+    makes each of those passes a trip to RAM: ~4x slower). ``scratch``, a float32 array of at
+    least ``block * dim`` items, is reused for ``x - center``.
     """
     x = np.asarray(x, np.float32)
-    if scratch is None or scratch.size < x.size:
-        scratch = np.empty(x.size, np.float32)
-    r = scratch[: x.size].reshape(x.shape)
-    np.subtract(x, center.astype(np.float32), out=r)
-    bits = np.packbits(r > 0, axis=1, bitorder="little")
-    nsq = np.einsum("ij,ij->i", r, r)
-    np.abs(r, out=r)
-    dp = r @ np.ones(x.shape[1], np.float32)
+    n, d = x.shape
+    block = max(1, min(block or RABITQ_BLOCK, n))
+    nb = (d + 7) // 8
+    c = np.asarray(center, np.float32)
+    if scratch is None or scratch.size < block * d:
+        scratch = np.empty(block * d, np.float32)
+    r_all = scratch[: block * d].reshape(block, d)
+    pos_all = np.empty((block, d), np.bool_)
+    ones = np.ones(d, np.float32)
+    out = np.empty((n, nb + 8), np.uint8)
+    nsq, dp, xx = np.empty(n, np.float32), np.empty(n, np.float32), np.zeros(n, np.float32)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        r, pos, xb = r_all[: e - s], pos_all[: e - s], x[s:e]
+        np.subtract(xb, c, out=r)
+        np.greater(r, 0, out=pos)
+        out[s:e, :nb] = np.packbits(pos, axis=1, bitorder="little")
+        nsq[s:e] = np.einsum("ij,ij->i", r, r)
+        if inner_product:
+            xx[s:e] = np.einsum("ij,ij->i", xb, xb)
+        np.abs(r, out=r)
+        np.matmul(r, ones, out=dp[s:e])
     eps = np.finfo(np.float32).eps
     norm = np.sqrt(nsq)
     inv_norm = np.where(nsq < eps, np.float32(1), np.float32(1) / np.maximum(norm, eps))
-    ndp = dp * inv_norm / np.float32(np.sqrt(x.shape[1]))
+    ndp = dp * inv_norm / np.float32(np.sqrt(d))
     inv_dp = np.where(np.abs(ndp) < eps, np.float32(1), np.float32(1) / np.where(ndp == 0, 1, ndp))
-    first = nsq - np.einsum("ij,ij->i", x, x) if inner_product else nsq
-    factors = np.stack([first, inv_dp * norm], axis=1).astype(np.float32)
-    return np.concatenate([bits, factors.view(np.uint8)], axis=1)
+    first = nsq - xx if inner_product else nsq
+    out[:, nb:] = np.stack([first, inv_dp * norm], axis=1).astype(np.float32).view(np.uint8)
+    return out
 
 
 def _rabitq_target(index: faiss.Index) -> faiss.Index | None:
@@ -314,15 +333,16 @@ class _NumpyRaBitQ:
         self.center = faiss.vector_to_array(flat.center).astype(np.float32)
         self.inner_product = flat.metric_type == faiss.METRIC_INNER_PRODUCT
         self.use_faiss: bool | None = None  # decided on the first chunk
-        self.scratch = np.empty(0, np.float32)
+        self.scratch = np.empty(0, np.float32)  # one cache block, sized on the first chunk
 
     def add_with_ids(self, vecs: np.ndarray, ids: np.ndarray) -> None:
         if self.use_faiss:
             self.holder.add_with_ids(vecs, ids)
             return
-        if self.scratch.size < vecs.size:
-            self.scratch = np.empty(vecs.size, np.float32)
-        codes = rabitq_codes(vecs, self.center, self.inner_product, self.scratch)
+        block = min(RABITQ_BLOCK, len(vecs))
+        if self.scratch.size < block * vecs.shape[1]:
+            self.scratch = np.empty(block * vecs.shape[1], np.float32)
+        codes = rabitq_codes(vecs, self.center, self.inner_product, self.scratch, block)
         if self.use_faiss is None:
             head = np.ascontiguousarray(vecs[:16], np.float32)
             self.use_faiss = not _codes_agree(codes[:16], self.flat.sa_encode(head), self.flat.d)

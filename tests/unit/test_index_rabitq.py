@@ -36,6 +36,17 @@ def test_numpy_codes_equal_faiss_codes(metric, dim, nonneg):
     assert builders._codes_agree(mine, theirs, dim)
 
 
+@pytest.mark.parametrize("n,block", [(1, 64), (63, 64), (64, 64), (65, 64), (130, 64), (50, 7), (20, 1000)])
+def test_cache_blocks_cover_every_row_once(n, block):
+    """Blocking is invisible: every row's code equals faiss', whatever the last block's size."""
+    x = _vectors(n, 96, seed=n, nonneg=True)
+    index = faiss.IndexRaBitQ(96, faiss.METRIC_INNER_PRODUCT)
+    index.train(_vectors(256, 96, seed=99, nonneg=True))
+    center = faiss.vector_to_array(index.center).astype(np.float32)
+    mine = rabitq_codes(x, center, True, block=block)
+    assert builders._codes_agree(mine, index.sa_encode(x), 96)
+
+
 @pytest.mark.parametrize("factory", ["RaBitQ", "RaBitQfs_64"])
 def test_fill_builds_the_same_index_as_faiss_add(factory, monkeypatch):
     calls = []
@@ -69,8 +80,8 @@ def test_fill_falls_back_to_faiss_when_the_numpy_codes_disagree(monkeypatch, cap
     ref = new_budget(64, "RaBitQ", x[:1024])
     ref.add_with_ids(x, ids)
 
-    def wrong(x, center, inner_product=True, scratch=None):
-        codes = rabitq_codes(x, center, inner_product, scratch)
+    def wrong(x, center, inner_product=True, scratch=None, block=None):
+        codes = rabitq_codes(x, center, inner_product, scratch, block)
         codes[:, 0] ^= 1  # a different sign bit: faiss' layout moved
         return codes
 
