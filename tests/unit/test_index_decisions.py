@@ -41,7 +41,17 @@ def test_nlist_is_a_power_of_two_with_enough_training_points(n):
     nlist = dec.nlist_for(n)
     assert nlist >= 1 and nlist & (nlist - 1) == 0
     assert nlist == 1 or nlist * dec.MIN_POINTS_PER_CENTROID <= n
-    assert dec.nlist_for(200_000) == 512 and dec.nlist_for(1_000_000) == 1024
+    assert dec.nlist_for(50_000) == 256 and dec.nlist_for(200_000) == 256
+    assert dec.nlist_for(1_000_000) == 256 and dec.nlist_for(10**7) == 1024
+
+
+def test_nlist_grows_with_n_and_stays_flat_between_64k_and_1m():
+    ns = [2**k for k in range(7, 31)]
+    lists = [dec.nlist_for(n) for n in ns]
+    assert lists == sorted(lists)  # never fewer lists for more vectors
+    assert dec.nlist_for(16_384) == 128 and dec.nlist_for(65_536) == 256
+    assert {dec.nlist_for(n) for n in (100_000, 500_000, 1_048_576)} == {256}
+    assert dec.nlist_for(4 * 1_048_576) == 512
 
 
 def test_nprobe_training_size_and_depths():
@@ -64,8 +74,8 @@ def test_budget_factory_fits_its_budget(n, dim, fraction):
 
 
 def test_budget_factory_choices():
-    assert dec.budget_factory(200_000, 1280, 80_000_000) == "PCA128,IVF512,SQ8"
-    assert dec.budget_factory(200_000, 1280, 80_000_000, max_pca_dim=256) == "PCA256,IVF512,SQ8"
+    assert dec.budget_factory(200_000, 1280, 80_000_000) == "PCA128,IVF256,SQ8"
+    assert dec.budget_factory(200_000, 1280, 80_000_000, max_pca_dim=256) == "PCA256,IVF256,SQ8"
     assert dec.budget_factory(10_000, 64, 10**9) == "IVF128,SQ8"  # small dims: no PCA
     assert "PQ" in dec.budget_factory(200_000, 1280, 5_000_000)
     assert dec.code_bytes("PCA64,IVF16,PQ16", 1280) == 16 and dec.code_bytes("IVF8,SQ4", 10) == 5
