@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 
-from imgsim_lab.index import SimilarityIndex
-from imgsim_lab.index.config import IndexConfig
-from imgsim_lab.index.tune import faiss_threads
+from imgsim_lab.bench.rebuild import add_store_args, forced_rebuild
 from imgsim_lab.jsonio import dumps, write_json
 from imgsim_lab.store import open_store
 
@@ -27,12 +24,8 @@ THREADS = (1, 2)
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kv", required=True)
-    ap.add_argument("--namespace", required=True)
-    ap.add_argument("--model", required=True)
+    add_store_args(ap)
     ap.add_argument("--factory", required=True, help="faiss factory to build, e.g. RaBitQfs_64")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", default=None, help="write the result here too")
     args = ap.parse_args(argv)
     store = open_store(args.kv, args.namespace)
     rows: list[dict] = []
@@ -40,14 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
         n = store.model_info()[args.model].count
         for r in range(args.rounds):
             for nt in THREADS:
-                with tempfile.TemporaryDirectory() as tmp:
-                    cfg = IndexConfig(mode="budget", memory_budget=0.1, factory=args.factory,
-                                      auto_tune=False, tuned=False, autosave=False, snapshot_dir=tmp)
-                    idx = SimilarityIndex(store, args.model, cfg)
-                    with faiss_threads(nt):  # the index's own setting is decided once per process
-                        idx.rebuild()
-                    rows.append({"factory": args.factory, "threads": nt, "round": r,
-                                 **idx.last_rebuild_timings})
+                rows.append({"factory": args.factory, "threads": nt, "round": r,
+                             **forced_rebuild(store, args.model, args.factory, nt)})
     finally:
         store.close()
     medians = {nt: statistics.median(x["total"] for x in rows if x["threads"] == nt) for nt in THREADS}

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 
 import faiss
 import numpy as np
 
-from imgsim_lab.index import SimilarityIndex, builders
-from imgsim_lab.index.config import IndexConfig
+from imgsim_lab.bench.rebuild import add_store_args, forced_rebuild
+from imgsim_lab.index import builders
 from imgsim_lab.index.tune import faiss_threads
 from imgsim_lab.jsonio import dumps, write_json
 from imgsim_lab.store import open_store
@@ -61,11 +60,7 @@ def _encode_s(fn, repeats: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kv", required=True)
-    ap.add_argument("--namespace", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", default=None, help="write the result here too")
+    add_store_args(ap)
     args = ap.parse_args(argv)
     store = open_store(args.kv, args.namespace)
     rows: list[dict] = []
@@ -85,16 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
                 saved = builders.RABITQ_BLOCK
                 builders.RABITQ_BLOCK = block
                 try:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        cfg = IndexConfig(mode="budget", memory_budget=0.1, factory="RaBitQ",
-                                          auto_tune=False, tuned=False, autosave=False,
-                                          snapshot_dir=tmp)
-                        idx = SimilarityIndex(store, args.model, cfg)
-                        idx.rebuild()
+                    timings = forced_rebuild(store, args.model, "RaBitQ")
                 finally:
                     builders.RABITQ_BLOCK = saved
                 rows.append({"round": r, "arm": arm, "block": min(block, CHUNK),
-                             "encode_chunk_s": enc, **idx.last_rebuild_timings})
+                             "encode_chunk_s": enc, **timings})
     finally:
         store.close()
 
