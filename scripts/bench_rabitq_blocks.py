@@ -21,7 +21,7 @@ import time
 import faiss
 import numpy as np
 
-from imgsim_lab.bench.rebuild import add_store_args, forced_rebuild
+from imgsim_lab.bench.rebuild import add_store_args, forced_rebuild, read_pass
 from imgsim_lab.index import builders
 from imgsim_lab.index.tune import faiss_threads
 from imgsim_lab.jsonio import dumps, write_json
@@ -29,13 +29,6 @@ from imgsim_lab.store import open_store
 
 CHUNK = 16384
 ARMS = {"blocked": builders.RABITQ_BLOCK, "whole_chunk": 1 << 30}
-
-
-def _read_pass(store, model: str) -> float:
-    t = time.perf_counter()
-    for _ids, _v in store.iter_embeddings(model, chunk_size=CHUNK):
-        pass
-    return time.perf_counter() - t
 
 
 def _first_rows(store, model: str, n: int) -> np.ndarray:
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         flat.train(x[:2048])
         center = faiss.vector_to_array(flat.center).astype(np.float32)
         for r in range(args.rounds):
-            rows.append({"round": r, "arm": "read_only", "total": _read_pass(store, args.model)})
+            rows.append({"round": r, "arm": "read_only", "total": read_pass(store, args.model)})
             with faiss_threads(1):
                 rows.append({"round": r, "arm": "faiss_sa_encode",
                              "encode_chunk_s": _encode_s(lambda: flat.sa_encode(x), 1)})

@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from imgsim_lab.bench import _peers
+from imgsim_lab.bench.rebuild import read_pass
 from imgsim_lab.index import IndexConfig, SimilarityIndex, tune
 from imgsim_lab.index.synthetic import SyntheticSpec, neighbour_similarity, write_to_store
 from imgsim_lab.store import open_store
@@ -83,14 +84,6 @@ def _load_all(store: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
         ids.append(i)
         vecs.append(v)
     return np.concatenate(ids), np.concatenate(vecs)
-
-
-def _read_pass(store: Any, model: str) -> float:
-    """Seconds of one read-only pass over the stored vectors (nothing kept): a rebuild's ceiling."""
-    t = time.perf_counter()
-    for _ in store.iter_embeddings(model, chunk_size=16384):
-        pass
-    return time.perf_counter() - t
 
 
 def _pct(times: list[float], q: float) -> float:
@@ -178,7 +171,7 @@ def _measure(store: Any, model: str, cfg: IndexConfig, args: argparse.Namespace,
         del flat
         del x
 
-    warm_read_s = _read_pass(store, model)  # right before the rebuild: the same cache and load
+    warm_read_s = read_pass(store, model)  # right before the rebuild: the same cache and load
     idx = SimilarityIndex(store, model, cfg)  # a fresh snapshot dir: this is a full rebuild
     rebuild_s = idx.last_rebuild_s
 

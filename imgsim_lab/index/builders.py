@@ -333,16 +333,12 @@ class _NumpyRaBitQ:
         self.center = faiss.vector_to_array(flat.center).astype(np.float32)
         self.inner_product = flat.metric_type == faiss.METRIC_INNER_PRODUCT
         self.use_faiss: bool | None = None  # decided on the first chunk
-        self.scratch = np.empty(0, np.float32)  # one cache block, sized on the first chunk
 
     def add_with_ids(self, vecs: np.ndarray, ids: np.ndarray) -> None:
         if self.use_faiss:
             self.holder.add_with_ids(vecs, ids)
             return
-        block = min(RABITQ_BLOCK, len(vecs))
-        if self.scratch.size < block * vecs.shape[1]:
-            self.scratch = np.empty(block * vecs.shape[1], np.float32)
-        codes = rabitq_codes(vecs, self.center, self.inner_product, self.scratch, block)
+        codes = rabitq_codes(vecs, self.center, self.inner_product)  # one 320 KB block of scratch
         if self.use_faiss is None:
             head = np.ascontiguousarray(vecs[:16], np.float32)
             self.use_faiss = not _codes_agree(codes[:16], self.flat.sa_encode(head), self.flat.d)
