@@ -29,8 +29,8 @@ import numpy as np, redis
 from imgsim_lab.store import NewImage, open_store
 url, n = sys.argv[1], int(sys.argv[2])
 vecs = np.random.default_rng(0).standard_normal((n, 1280), dtype=np.float32)
-items = [NewImage(hashlib.sha256(f"ab:{i}".encode()).hexdigest(), f"bench/{i}", 32, 32,
-                  embeddings={"bench": vecs[i]}) for i in range(n)]
+items = [NewImage(hashlib.sha256(f"ab:{i}".encode()).hexdigest(), f"train/class{i % 10}/{i:05d}.png", 32, 32,
+                  label=f"class{i % 10}", embeddings={"bench": vecs[i]}) for i in range(n)]
 r = redis.Redis.from_url(url, protocol=2) if url.startswith("redis") else None
 def server_cpu():
     if r is None:

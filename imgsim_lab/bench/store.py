@@ -5,6 +5,9 @@ vector (this process plus the servers' ``used_cpu_*``): ``*_cpu_us_per_vector`` 
 ``*_cpu_bound_mb_per_s`` (what one client core and one server core sustain) do not
 depend on how busy the machine is.
 
+``--rounds R`` runs the four phases R times in turn and reports medians (each round under
+``rounds``): the naive path is bound by round-trip latency and swings most with the load.
+
 Bulk: :meth:`Store.add_images` (one MULTI or WriteBatch per 256 records) and
 :meth:`Store.iter_embeddings` (MGET / multi-get of 1,000). Naive, the way the original
 demo did it: one SET per vector, then SCAN plus one GET per key. Both in one run, in a
@@ -56,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "once and their bulk reads alternate for this many rounds, so the "
                              "cluster/single-node read ratios are measured side by side "
                              "(default 3; 0: skip)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the bulk and naive phases this many times in turn on each store "
+                             "and report the medians (and every round under 'rounds'), so each "
+                             "bulk/naive ratio is of measurements taken side by side (default 1)")
 
 
 def _naive_write(store: Store, vecs: np.ndarray, ns: str) -> None:
@@ -80,27 +87,50 @@ def bench_namespace() -> str:
 
 
 def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = None,
-                    namespace: str | None = None) -> dict:
-    """Measure bulk and naive throughput in one run; returns the JSON-able result."""
+                    namespace: str | None = None, rounds: int = 1) -> dict:
+    """Measure bulk and naive throughput in one run; returns the JSON-able result.
+
+    With ``rounds`` > 1 the four phases run that many times in turn (the namespace flushed
+    between rounds), so each bulk/naive ratio is of two measurements taken minutes apart at
+    most; every figure reported is then the median over the rounds, and ``rounds`` lists
+    each round's."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     ns = namespace or bench_namespace()
     naive_n = n if naive_n is None else naive_n
     vecs, items = _bench_items(n, dim)
-    mb = n * dim * 4 / 1e6
+    per_round = []
     with open_store(url, ns) as store:
         _refuse_unless_empty(store)
-        store.register_model("bench", dim, "random")
-        phases: dict[str, dict[str, float]] = {}
-        phases["bulk_write"] = _measure(store, lambda: _bulk_write(store, items))
-        phases["bulk_read"] = _measure(store, lambda: _bulk_read(store))
-        assert phases["bulk_read"]["count"] == n, f"read back {phases['bulk_read']['count']} of {n} vectors"
-        phases["naive_write"] = _measure(store, lambda: _naive_write(store, vecs[:naive_n], ns) or naive_n)
-        phases["naive_read"] = _measure(store, lambda: _naive_read(store, ns, dim))
-        got = phases["naive_read"]["count"]
-        assert got == naive_n, f"naive read {got} of {naive_n}"
-        backend, shown_url = store.backend, store.url
-        server = store.info().get("server", backend)
-        store.flush()
-    result = {"backend": backend, "server": server, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n}
+        for _ in range(rounds):
+            store.register_model("bench", dim, "random")
+            phases: dict[str, dict[str, float]] = {}
+            phases["bulk_write"] = _measure(store, lambda: _bulk_write(store, items))
+            phases["bulk_read"] = _measure(store, lambda: _bulk_read(store))
+            got = phases["bulk_read"]["count"]
+            assert got == n, f"read back {got} of {n} vectors"
+            phases["naive_write"] = _measure(
+                store, lambda: _naive_write(store, vecs[:naive_n], ns) or naive_n)
+            phases["naive_read"] = _measure(store, lambda: _naive_read(store, ns, dim))
+            got = phases["naive_read"]["count"]
+            assert got == naive_n, f"naive read {got} of {naive_n}"
+            backend, shown_url = store.backend, store.url
+            server = store.info().get("server", backend)
+            store.flush()
+            per_round.append(_figures(phases, n, dim))
+    result = {"backend": backend, "server": server, "url": shown_url, "n": n, "dim": dim, "naive_n": naive_n,
+              **{k: float(np.median([r[k] for r in per_round])) for k in per_round[0]}}
+    if rounds > 1:
+        result["rounds"] = per_round
+    log.info("store bench: %s", {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()
+                                 if k != "rounds"})
+    return result
+
+
+def _figures(phases: dict[str, dict[str, float]], n: int, dim: int) -> dict[str, float]:
+    """One round's throughputs, CPU per vector and bulk/naive ratios."""
+    mb = n * dim * 4 / 1e6
+    result: dict[str, float] = {}
     for name, ph in phases.items():
         result[f"{name}_per_s"] = ph["count"] / ph["wall_s"]
         result[f"{name}_s"] = ph["wall_s"]
@@ -117,7 +147,6 @@ def run_store_bench(url: str | None, n: int, dim: int, naive_n: int | None = Non
                                            / result["bulk_write_cpu_us_per_vector"])
     result["read_cpu_naive_over_bulk"] = (result["naive_read_cpu_us_per_vector"]
                                           / result["bulk_read_cpu_us_per_vector"])
-    log.info("store bench: %s", {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
     return result
 
 
@@ -142,8 +171,8 @@ def _bench_items(n: int, dim: int) -> tuple[np.ndarray, list[NewImage]]:
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim), dtype=np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    items = [NewImage(hashlib.sha256(f"bench:{i}".encode()).hexdigest(), f"bench/{i}", 32, 32,
-                      embeddings={"bench": vecs[i]}) for i in range(n)]
+    items = [NewImage(hashlib.sha256(f"bench:{i}".encode()).hexdigest(), f"bench/class{i % 10}/{i}.png",
+                      32, 32, label=f"class{i % 10}", embeddings={"bench": vecs[i]}) for i in range(n)]
     return vecs, items
 
 
@@ -224,8 +253,8 @@ def compare(result: dict, others: list[dict]) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    result = run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace)
-    others = [run_store_bench(url, args.n, args.dim, args.naive_n, args.namespace)
+    result = run_store_bench(args.kv, args.n, args.dim, args.naive_n, args.namespace, args.rounds)
+    others = [run_store_bench(url, args.n, args.dim, args.naive_n, args.namespace, args.rounds)
               for url in args.compare_kv or ()]
     out = compare(result, others)
     if others and args.read_rounds > 0:

@@ -13,11 +13,11 @@ Write protocol of :meth:`add_images`, per group of images (claim first):
    range listed in ``<ns>:inflight{<ns>:seq}`` until it is indexed, so :meth:`last_id`,
    the committed watermark, never passes an id that is not listed yet);
 3. **one node**: per batch of ``write_batch`` images one ``MULTI``: ``MSET`` of the new
-   images' vectors (outside Lua: the vectors cross at wire speed) and the ``commit``
-   script, which per image claims the hash (``SET`` if absent), writes the record (one
-   ``HSET`` straight from its arguments), lists it in ``<ns>:ids``, ``<ns>:eids:<model>``
-   and ``<ns>:shas``, fills missing embeddings of an existing record (``SET NX``), and
-   removes the vectors of an image whose claim another writer won — all or nothing. The
+   images' records (one JSON value each) and vectors (outside Lua: they cross at wire
+   speed) and the ``commit`` script, which per image claims the hash (``SET`` if absent),
+   lists it in ``<ns>:ids``, ``<ns>:eids:<model>`` and ``<ns>:shas``, fills a missing
+   record or embeddings of an existing one (``SET NX``), and removes the record and
+   vectors of an image whose claim another writer won — all or nothing. The
    commands are packed from key templates and each ``MULTI`` is sent as soon as it is
    packed, so the server runs one while the client packs the next; **cluster**: ``SET NX``
    the claims (listed in ``<ns>:shas`` first), then per block of 100 ids one ``record``
@@ -52,7 +52,6 @@ from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
 from imgsim_lab.store.resp import KeyWire, bulk, command, pack
 from imgsim_lab.store.schema import (
-    IMAGE_FIELDS,
     AddResult,
     Keys,
     ModelInfo,
@@ -60,6 +59,8 @@ from imgsim_lab.store.schema import (
     chunk_rows,
     decode_many,
     now,
+    record_fields,
+    record_json,
 )
 from imgsim_lab.store.scripts import SCRIPTS
 from imgsim_lab.store.transport import Routed, connect
@@ -76,9 +77,7 @@ def _pairs(raw: list) -> dict:
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
-_FIELD = {name: bulk(name.encode()) for name in IMAGE_FIELDS}
 _MSET, _MGET, _EVAL, _EVALSHA = bulk(b"MSET"), bulk(b"MGET"), bulk(b"EVAL"), bulk(b"EVALSHA")
-_ADDED = bulk(b"added")
 _RECORD_SHA = bulk(SCRIPTS["record"][1].encode())
 #: Scripts inside a MULTI are sent as EVAL with their source: a NOSCRIPT error there would
 #: leave the transaction's other commands applied.
@@ -90,19 +89,6 @@ def _int_arg(i: int) -> bytes:
     return _DIGITS[i] if 0 <= i < 10 else bulk(b"%d" % i)
 
 
-def _field_args(values: dict) -> tuple[int, bytes]:
-    """The record's field/value pairs (None: left out; floats by repr): how many, and packed."""
-    parts = []
-    for name, v in values.items():
-        if v is None:
-            continue
-        t = type(v)
-        b = v.encode() if t is str else (b"%d" % v if t is int else repr(v).encode())
-        parts.append(_FIELD[name])
-        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return len(parts) // 2, b"".join(parts)
-
-
 def record_command(wire: KeyWire, block: Sequence[tuple[int, EncodedImage, Sequence[tuple[str, bytes]]]],
                    t: float) -> bytes:
     """The ``record`` script (EVALSHA) for one block of ``(id, item, vectors)``: records
@@ -110,16 +96,14 @@ def record_command(wire: KeyWire, block: Sequence[tuple[int, EncodedImage, Seque
     keys: list[bytes] = []
     args: list[bytes] = [bulk(b"%d" % len(block))]
     nargs = 1
-    added = bulk(repr(t).encode())
     for rid, item, vectors in block:
         keys.append(wire.img(rid))
         args += (bulk(b"%d" % rid), _int_arg(len(vectors)))
         for m, data in vectors:
             keys.append(wire.emb(m, rid))
             args += (b"$%d\r\n" % len(data), data, b"\r\n")
-        npairs, fields = _field_args(item.values)
-        args += (_int_arg(npairs + 1), fields, _ADDED, added)
-        nargs += 3 + len(vectors) + 2 * (npairs + 1)
+        args.append(bulk(record_json(rid, item.values, t)))
+        nargs += 3 + len(vectors)
     return command(3 + len(keys) + nargs, [_EVALSHA, _RECORD_SHA, bulk(b"%d" % len(keys)), *keys, *args])
 
 
@@ -188,6 +172,22 @@ class RespStore(Store):
             for i, v in zip(g, vals, strict=True):
                 out[i] = v
         return out
+
+    def _record_values(self, ids: Sequence[int], raise_errors: bool = True) -> list:
+        """Per id the stored record: its JSON value, the reply to ``HGETALL`` of a record
+        written as a hash (before records were one value), an exception (``raise_errors``
+        false), or ``None``. One MGET per block; only what it misses is read again
+        (``MGET`` answers nil for a hash)."""
+        keys = [self.keys.img(int(i)) for i in ids]
+        vals = self._mget(keys) if keys else []
+        missed = [j for j, v in enumerate(vals) if v is None]
+        if missed:
+            rows = self._t.run([(keys[j], pack(["HGETALL", keys[j]])) for j in missed],
+                               raise_errors=raise_errors)
+            for j, row in zip(missed, rows, strict=True):
+                vals[j] = _pairs(row) if isinstance(row, list) and row else (
+                    row if isinstance(row, Exception) else None)
+        return vals
 
     def _zcmd(self, cmd: str, key: str, members: Sequence) -> list[Routed]:
         members = list(members)
@@ -356,31 +356,38 @@ class RespStore(Store):
         midx = {m: _int_arg(i + 1) for i, m in enumerate(models)}
         one, zero = _int_arg(1), _int_arg(0)
         claims, keys, args, mset = [], [], [], []
-        nargs = 0
+        nargs = nmset = 0
+        added = now()
         for im in images:
             rid = im.id
             claims.append(w.sha(im.item.sha256))
-            keys.append(w.img(rid))
+            ikey = w.img(rid)
+            keys.append(ikey)
             args += (bulk(b"%d" % rid), one if im.fresh else zero, _int_arg(len(im.vectors)))
+            nargs += 3 + len(im.vectors)
             for m, (data, _) in im.vectors.items():
                 ekey = w.emb(m, rid)
                 keys.append(ekey)
                 args.append(midx[m])
                 if im.fresh:
                     mset += (ekey, b"$%d\r\n" % len(data), data, b"\r\n")
+                    nmset += 2
                 else:
                     args += (b"$%d\r\n" % len(data), data, b"\r\n")
                     nargs += 1
-            npairs, fields = _field_args(im.item.values)
-            args += (_int_arg(npairs), fields)
-            nargs += 4 + len(im.vectors) + 2 * npairs
+            rec = bulk(record_json(rid, im.item.values, added))
+            if im.fresh:
+                mset += (ikey, rec)
+                nmset += 2
+            else:
+                args.append(rec)
+                nargs += 1
         head = [bulk(x.encode()) for x in (k.ids, k.shas, *(k.eids(m) for m in models))]
         nkeys = len(head) + len(claims) + len(keys)
-        added = bulk(repr(now()).encode())
-        script = command(3 + nkeys + 3 + nargs,
+        script = command(3 + nkeys + 2 + nargs,
                          [_EVAL, _COMMIT_SRC, bulk(b"%d" % nkeys), *head, *claims, *keys,
-                          _int_arg(len(models)), bulk(b"%d" % len(images)), added, *args])
-        routed = [(k.ids, command(1 + len(mset) // 2, [_MSET, *mset]))] if mset else []
+                          _int_arg(len(models)), bulk(b"%d" % len(images)), *args])
+        routed = [(k.ids, command(1 + nmset, [_MSET, *mset]))] if mset else []
         return [(k.ids, pack(["MULTI"])), *routed, (k.ids, script), (k.ids, pack(["EXEC"]))]
 
     @staticmethod
@@ -449,8 +456,9 @@ class RespStore(Store):
         k = self.keys
         self._start_round([])
         models = self._models()
-        shas = self._t.run([(k.img(i), pack(["HGET", k.img(i), "sha256"])) for i in ids])
-        found = [(int(i), s.decode()) for i, s in zip(ids, shas, strict=True) if s is not None]
+        fields = [record_fields(v) for v in self._record_values(ids)]
+        found = [(int(i), f["sha256"]) for i, f in zip(ids, fields, strict=True)
+                 if f is not None and isinstance(f.get("sha256"), str)]
         if not found:
             return 0
         fids = [i for i, _ in found]
@@ -517,8 +525,8 @@ class RespStore(Store):
         return top
 
     def get_records(self, ids: Sequence[int]) -> list[Record | None]:
-        rows = self._get_all([self.keys.img(int(i)) for i in ids], "HGETALL")
-        return [Record.from_fields(_pairs(f)) if f else None for f in rows]
+        return [None if v is None else Record.from_fields(v) if isinstance(v, dict) else Record.from_json(v)
+                for v in self._record_values(ids)]
 
     def ids_for_hashes(self, shas: Sequence[str]) -> list[int | None]:
         vals = self._mget([self.keys.sha(s) for s in shas]) if len(shas) else []
@@ -599,15 +607,12 @@ class RespStore(Store):
 
     def inventory_records(self) -> Iterator[list[tuple[int, dict | None]]]:
         for ids in self._candidate_ids(self.keys.ids):
-            rows = self._t.run([(self.keys.img(i), pack(["HGETALL", self.keys.img(i)])) for i in ids],
-                               raise_errors=False)
             out = []
-            for i, f in zip(ids, rows, strict=True):
-                if isinstance(f, Exception):
-                    out.append((i, {"_raw": f"unreadable: {str(f)[:80]}"}))
-                elif f:
-                    out.append((i, {a.decode("utf-8", "replace"): b.decode("utf-8", "replace")
-                                    for a, b in _pairs(f).items()}))
+            for i, v in zip(ids, self._record_values(ids, raise_errors=False), strict=True):
+                if isinstance(v, Exception):
+                    out.append((i, {"_raw": f"unreadable: {str(v)[:80]}"}))
+                elif v is not None:
+                    out.append((i, record_fields(v)))
             if out:
                 yield out
 

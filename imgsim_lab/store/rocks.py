@@ -44,6 +44,7 @@ from imgsim_lab.store.schema import (
     chunk_rows,
     decode_many,
     now,
+    record_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,6 @@ def _owner(path: Path) -> str:
                 f"writing since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(o.get('since', 0)))}")
     except (OSError, ValueError, AttributeError):
         return "another process (unknown: no owner file)"
-
-
-def _json_fields(v: bytes) -> dict:
-    """A stored record's fields, unparsed; ``{"_raw": …}`` when it is not a JSON object."""
-    try:
-        obj = json.loads(v)
-    except (ValueError, UnicodeDecodeError):
-        return {"_raw": v[:100]}
-    return obj if isinstance(obj, dict) else {"_raw": v[:100]}
 
 
 SECONDARY_PREFIX = "imgsim-rocks-secondary-"
@@ -454,7 +446,7 @@ class RocksStore(Store):
             yield chunk
 
     def inventory_records(self) -> Iterator[list[tuple[int, dict | None]]]:
-        return self._chunks(self.keys.img_prefix, lambda i, v: (i, _json_fields(v)))
+        return self._chunks(self.keys.img_prefix, lambda i, v: (i, record_fields(v)))
 
     def inventory_embeddings(self, model: str) -> Iterator[list[tuple[int, int]]]:
         return self._chunks(self.keys.emb_prefix(model), lambda i, v: (i, len(v)))

@@ -20,31 +20,30 @@ return lo
 """
 
 # KEYS: ids, shas, eids_1..eids_M, the n claim keys, then per item: img, emb keys (ne).
-# ARGV: M, n, added, then per item: id, fresh, ne, per embedding: model index (1..M)
-#   [, vector when not fresh], np, then np record field/value pairs.
-# A fresh item (id reserved by this call) had its vectors MSET at that id earlier in the
-# same MULTI (native MSET: vectors cross at wire speed); one that is not fresh carries its
-# vectors here (SET NX: fill what is missing). Fields go straight from ARGV into one HSET.
+# ARGV: M, n, then per item: id, fresh, ne, per embedding: model index (1..M)
+#   [, vector when not fresh] [, then the record (JSON) when not fresh].
+# A fresh item (id reserved by this call) had its record and vectors MSET at that id
+# earlier in the same MULTI (native MSET: they cross at wire speed, and no Lua call per
+# image writes them); one that is not fresh carries them here (SET NX: fill what is missing).
 # Per item returns 1 for a fresh item that holds its claim (created, also when this call
 # is a replay), else {id, state, written flags...}: state 0 = the record existed / filled,
-# -1 = lost the claim to another id (returned as the id; our vectors removed),
+# -1 = lost the claim to another id (returned as the id; our record and vectors removed),
 # -2 = the claim changed under us (go round again).
 # Few redis.call()s per image (their overhead dominates): claims are read with one MGET and
-# written with one MSET, the id sets with one ZADD/SADD per batch, one HSET per record.
+# written with one MSET, the id sets with one ZADD/SADD per batch.
 COMMIT = """
 local unpack = table.unpack or unpack
-local M, n, added = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local M, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local claims = redis.call('MGET', unpack(KEYS, 3 + M, 2 + M + n))
 local setc, zids, sshas, zemb, out = {}, {}, {}, {}, {}
 for m = 1, M do zemb[m] = {} end
-local p, k = 4, 3 + M + n
+local p, k = 3, 3 + M + n
 for i = 1, n do
   local id, fresh, ne = tonumber(ARGV[p]), ARGV[p + 1] == '1', tonumber(ARGV[p + 2])
   local img, e0, a0 = KEYS[k], k + 1, p + 3
   k = k + 1 + ne
-  p = a0 + (fresh and ne or 2 * ne)
-  local f0, f1 = p + 1, p + 2 * tonumber(ARGV[p])
-  p = f1 + 1
+  local rec = a0 + 2 * ne
+  p = fresh and (a0 + ne) or (rec + 1)
   local sha = KEYS[2 + M + i]
   local c = claims[i] and tonumber(claims[i])
   if (not c) and fresh then
@@ -53,9 +52,6 @@ for i = 1, n do
     c = id
   end
   if c == id then
-    if fresh or redis.call('EXISTS', img) == 0 then
-      redis.call('HSET', img, 'id', id, 'added', added, unpack(ARGV, f0, f1))
-    end
     zids[#zids + 1] = id
     zids[#zids + 1] = id
     sshas[#sshas + 1] = string.sub(sha, -64)
@@ -67,6 +63,7 @@ for i = 1, n do
       end
       out[i] = 1
     else
+      redis.call('SET', img, ARGV[rec], 'NX')
       local res = {id, 0}
       for j = 0, ne - 1 do
         res[j + 3] = redis.call('SET', KEYS[e0 + j], ARGV[a0 + 2 * j + 1], 'NX') and 1 or 0
@@ -77,7 +74,7 @@ for i = 1, n do
       out[i] = res
     end
   elseif fresh then
-    if ne > 0 then redis.call('DEL', unpack(KEYS, e0, e0 + ne - 1)) end
+    redis.call('DEL', unpack(KEYS, e0 - 1, e0 + ne - 1))
     out[i] = {c, -1}
   else
     out[i] = {id, -2}
@@ -95,27 +92,20 @@ return out
 """
 
 # KEYS: per item: img, emb keys (one slot: one block).  ARGV: n, per item: id, ne,
-# ne vectors, nf, field/value pairs. Creates each record if absent (the caller holds or
-# has read its claim) and each embedding if absent. Per item returns {created, written...}.
+# ne vectors, the record (JSON). Creates each record if absent (the caller holds or has
+# read its claim) and each embedding if absent. Per item returns {created, written...}.
 RECORD = """
-local unpack = table.unpack or unpack
 local n = tonumber(ARGV[1])
 local p, k = 2, 1
 local out = {}
 for i = 1, n do
-  local id, ne = ARGV[p], tonumber(ARGV[p + 1])
-  local img = KEYS[k]
+  local ne = tonumber(ARGV[p + 1])
   local res = {0}
   for j = 1, ne do
     res[j + 1] = redis.call('SET', KEYS[k + j], ARGV[p + 1 + j], 'NX') and 1 or 0
   end
-  p = p + 2 + ne
-  local nf = tonumber(ARGV[p])
-  if redis.call('EXISTS', img) == 0 then
-    redis.call('HSET', img, 'id', id, unpack(ARGV, p + 1, p + 2 * nf))
-    res[1] = 1
-  end
-  p = p + 1 + 2 * nf
+  res[1] = redis.call('SET', KEYS[k], ARGV[p + 2 + ne], 'NX') and 1 or 0
+  p = p + 3 + ne
   k = k + 1 + ne
   out[i] = res
 end

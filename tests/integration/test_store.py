@@ -423,6 +423,48 @@ def test_a_write_replayed_after_a_lost_reply_reports_created(backend, request, n
             s.flush()
 
 
+def test_a_record_is_one_json_value_on_every_backend(store):
+    """The record is the same bytes everywhere (schema.record_json), not a hash per record."""
+    from imgsim_lab.store.schema import Record
+
+    store.register_model("m", 8, "v1")
+    items, _ = images(3)
+    ids = [r.id for r in store.add_images(items)]
+    raw = store.raw_get([store.keys.img(i) for i in ids])
+    assert [Record.from_json(v) for v in raw] == store.get_records(ids)
+    assert all(v == r.to_json() for v, r in zip(raw, store.get_records(ids), strict=True))
+
+
+def test_records_written_as_hashes_by_earlier_versions_are_still_read(server_url, namespace):
+    """Stores written before records were one value hold them as hashes: read, iterated,
+    checked, deduplicated and deleted as before, beside new JSON records."""
+    from imgsim_lab.check import check_store
+
+    with open_store(server_url, namespace) as s:
+        try:
+            s.register_model("m", 8, "v1")
+            items, vecs = images(4)
+            old = [r.id for r in s.add_images(items[:2])]
+            recs = s.get_records(old)
+            for rec in recs:  # as the earlier write path stored them: HSET of the text fields
+                s.raw_delete([s.keys.img(rec.id)])
+                s._t.command("HSET", s.keys.img(rec.id),  # noqa: SLF001
+                             *(x for kv in rec.to_fields().items() for x in kv))
+            new = [r.id for r in s.add_images(items[2:])]
+            assert s.get_records([*old, 10**9, *new])[:2] == recs
+            assert [r.id for c in s.iter_records() for r in c] == [*old, *new]
+            assert check_store(s).ok
+            again = s.add_images(items)  # duplicates, legacy or not
+            assert [r.id for r in again] == [*old, *new] and not any(r.created for r in again)
+            assert s.delete([old[0]]) == 1
+            assert s.count() == 3 and s.ids_for_hashes([items[0].sha256]) == [None]
+            assert s.get_records([old[0]]) == [None] and check_store(s).ok
+            found, got = s.get_embeddings("m", [old[1]])
+            np.testing.assert_array_equal(got, vecs[1:2])
+        finally:
+            s.flush()
+
+
 def test_watermark_stays_below_ids_in_flight(server_url, namespace):
     """last_id() never passes an id reserved by a writer that has not listed it yet."""
     with open_store(server_url, namespace) as w, open_store(server_url, namespace) as r:
@@ -470,6 +512,21 @@ def test_bench_store_never_touches_a_users_namespace(store_url, namespace):
     with open_store(store_url, namespace) as s:
         assert s.count() == 3
         s.flush()
+
+
+def test_bench_store_rounds_report_medians_of_side_by_side_rounds(tmp_path):
+    from imgsim_lab.bench.store import run_store_bench
+
+    url = f"rocksdb:{tmp_path / 'kv'}"
+    got = run_store_bench(url, 40, 8, rounds=3)
+    assert len(got["rounds"]) == 3
+    for key in ("bulk_write_per_s", "naive_read_per_s", "write_bulk_over_naive"):
+        assert got[key] == pytest.approx(float(np.median([r[key] for r in got["rounds"]])))
+    assert "rounds" not in run_store_bench(url, 10, 8)
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        run_store_bench(url, 10, 8, rounds=0)
+    with open_store(url, "imgsim") as s:  # every round's namespace is flushed
+        assert not [n for n in s.namespaces() if n.startswith("imgsim-bench-")]
 
 
 def test_maintenance_lock_excludes_writers(server_url, namespace):

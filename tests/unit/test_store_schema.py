@@ -5,7 +5,7 @@ import pytest
 
 from imgsim_lab.store import InvalidURLError, Keys, parse_url, redact_url
 from imgsim_lab.store.errors import CorruptDataError, DimensionMismatchError
-from imgsim_lab.store.schema import NewImage, Record, decode_vector, encode_vector
+from imgsim_lab.store.schema import NewImage, Record, decode_vector, encode_vector, record_fields, record_json
 
 
 def test_parse_urls():
@@ -124,11 +124,36 @@ def test_record_command_equals_the_generic_packing():
     keys = [k.img(123), k.emb("m", 123), k.img(124), k.emb("m", 124), k.emb("m+ad", 124)]
     args: list = [2]
     for rid, item, vecs in block:
-        fields = [x for name, v in {**item.values, "added": 1.5}.items() if v is not None
-                  for x in (name, repr(v) if isinstance(v, float) else v)]
-        args += [rid, len(vecs), *(d for _, d in vecs), len(fields) // 2, *fields]
+        rec = item.record(rid, 1.5)
+        assert Record.from_json(rec.to_json()) == rec
+        args += [rid, len(vecs), *(d for _, d in vecs), rec.to_json()]
     want = pack(["EVALSHA", SCRIPTS["record"][1], len(keys), *keys, *args])
     assert record_command(KeyWire(k), block, 1.5) == want
+
+
+def test_record_json_is_one_encoding_for_every_backend():
+    """The record value: compact JSON, id first and added last, floats exact, None kept."""
+    a = NewImage("a" * 64, 'x/"a".png', 32, 24, label="cat")
+    data = record_json(7, a.record_values(), 0.1 + 0.2)
+    assert data == (b'{"id":7,"sha256":"' + b"a" * 64 + b'","source":"x/\\"a\\".png","width":32,'
+                    b'"height":24,"label":"cat","path":null,"added":0.30000000000000004}')
+    assert Record.from_json(data) == Record(7, a.sha256, 'x/"a".png', 32, 24, "cat", 0.1 + 0.2)
+    assert Record.from_json(data).to_json() == data
+    assert record_fields(data)["source"] == 'x/"a".png'
+    assert record_fields({b"id": b"7", b"sha256": b"a" * 64}) == {"id": "7", "sha256": "a" * 64}
+    assert record_fields(b"\x80 not json") == {"_raw": b"\x80 not json"}
+    assert record_fields(b"[1]") == {"_raw": b"[1]"} and record_fields(None) is None
+
+
+@pytest.mark.parametrize("text", ["plain", 'q"uote\\back', "ünïcödé ☃ 𝄞", "tab\tnl\n\x00", "", "100%d"])
+def test_record_json_equals_json_dumps(text):
+    import json
+
+    values = {"sha256": "f" * 64, "source": text, "width": 3, "height": 10**6, "label": None, "path": text}
+    want = json.dumps({"id": 12, **values, "added": 1.0 / 3}, separators=(",", ":")).encode()
+    assert record_json(12, values, 1.0 / 3) == want
+    with pytest.raises(ValueError, match="not finite"):
+        record_json(1, values, float("nan"))
 
 
 def test_chunk_rows_caps_a_chunk_at_chunk_bytes():
