@@ -42,16 +42,18 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from imgsim_lab.store.base import EncodedImage, Store
 from imgsim_lab.store.config import StoreConfig
 from imgsim_lab.store.errors import CorruptDataError, StoreError, StoreLockedError
-from imgsim_lab.store.resp import KeyWire, bulk, command, pack
+from imgsim_lab.store.resp import MAX_ID, KeyWire, bulk, command, pack
 from imgsim_lab.store.schema import (
+    BLOCK,
     AddResult,
     Keys,
     ModelInfo,
@@ -173,13 +175,38 @@ class RespStore(Store):
                 out[i] = v
         return out
 
+    def _mget_blocks(self, ids: Sequence[int], wire: Callable[[int], bytes],
+                     key: Callable[[int], str]) -> list:
+        """Cluster: the values of the keys of ``ids`` (``wire``: packed, ``key``: to route
+        by), one MGET per block of ids (its keys share a hash tag, hence a slot), keys
+        packed from the templates: the cluster's bulk-read hot path."""
+        if ids and not (min(ids) > 0 and max(ids) < MAX_ID):  # no template: keys as text
+            return self._mget([key(i) for i in ids])
+        by_block: dict[int, list[int]] = {}
+        for j, i in enumerate(ids):
+            by_block.setdefault(i // BLOCK, []).append(j)
+        groups = list(by_block.values())
+        replies = self._t.run([(key(ids[g[0]]), command(1 + len(g), [_MGET, *(wire(ids[j]) for j in g)]))
+                               for g in groups])
+        out: list = [None] * len(ids)
+        for g, vals in zip(groups, replies, strict=True):
+            for j, v in zip(g, vals, strict=True):
+                out[j] = v
+        return out
+
     def _record_values(self, ids: Sequence[int], raise_errors: bool = True) -> list:
         """Per id the stored record: its JSON value, the reply to ``HGETALL`` of a record
         written as a hash (before records were one value), an exception (``raise_errors``
         false), or ``None``. One MGET per block; only what it misses is read again
         (``MGET`` answers nil for a hash)."""
-        keys = [self.keys.img(int(i)) for i in ids]
-        vals = self._mget(keys) if keys else []
+        ids = [int(i) for i in ids]
+        keys = [self.keys.img(i) for i in ids]
+        if not keys:
+            vals = []
+        elif self._t.single:
+            vals = self._mget(keys)
+        else:
+            vals = self._mget_blocks(ids, self._wire.img, self.keys.img)
         missed = [j for j, v in enumerate(vals) if v is None]
         if missed:
             rows = self._t.run([(keys[j], pack(["HGETALL", keys[j]])) for j in missed],
@@ -533,13 +560,15 @@ class RespStore(Store):
         return [None if v is None else int(v) for v in vals]
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = ids[(ids > 0) & (ids < MAX_ID)]  # no image has another id (nor a key template)
         if not len(ids):
             return ids.astype(np.int64), np.empty((0, dim), np.float32)
         if self._t.single:  # the bulk-read hot path: keys packed from the template
             emb = self._wire.emb
             vals = self._mget_single([emb(model, i) for i in ids.tolist()])
         else:
-            vals = self._mget([self.keys.emb(model, int(i)) for i in ids])
+            vals = self._mget_blocks(ids.tolist(), partial(self._wire.emb, model),
+                                     partial(self.keys.emb, model))
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:

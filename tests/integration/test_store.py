@@ -58,6 +58,21 @@ def test_records_and_embeddings_round_trip(store):
     assert store.last_id() == ids[-1]
 
 
+def test_reads_of_ids_that_no_image_can_have_answer_nothing(store):
+    """Ids outside 1..10**12-1 (the key templates' range) are absent, not an error, on every
+    backend, also mixed with real ids across several id blocks (one MGET per block on a cluster)."""
+    store.register_model("m", 8, "v1")
+    items, vecs = images(250)
+    ids = [r.id for r in store.add_images(items)]
+    odd = [0, -3, 10**12, 10**15]
+    recs = store.get_records([ids[200], *odd, ids[5], ids[120]])
+    assert [r and r.sha256 for r in recs] == [items[200].sha256, None, None, None, None,
+                                              items[5].sha256, items[120].sha256]
+    found, got = store.get_embeddings("m", [ids[249], *odd, ids[0], ids[101]])
+    assert list(found) == [ids[249], ids[0], ids[101]]
+    np.testing.assert_array_equal(got, vecs[[249, 0, 101]])
+
+
 def test_wrong_dimension_is_rejected_and_nothing_is_written(store):
     store.register_model("m", 8, "v1")
     good, _ = images(3)
