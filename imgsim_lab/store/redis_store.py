@@ -168,31 +168,35 @@ class RespStore(Store):
             hi = k.find("}", lo + 1) if lo >= 0 else -1
             by_tag.setdefault(k[lo + 1 : hi] if lo >= 0 and hi > lo + 1 else k, []).append(i)
         groups = list(by_tag.values())
-        replies = self._t.run([(keys[g[0]], pack(["MGET", *(keys[i] for i in g)])) for g in groups])
-        out: list = [None] * len(keys)
-        for g, vals in zip(groups, replies, strict=True):
+        return self._run_groups(groups, [(keys[g[0]], pack(["MGET", *(keys[i] for i in g)]))
+                                         for g in groups])
+
+    def _run_groups(self, groups: list[list[int]], routed: list[Routed]) -> list:
+        """Replies of one MGET per group of positions, put back in position order."""
+        out: list = [None] * sum(len(g) for g in groups)
+        for g, vals in zip(groups, self._t.run(routed), strict=True):
             for i, v in zip(g, vals, strict=True):
                 out[i] = v
         return out
 
-    def _mget_blocks(self, ids: Sequence[int], wire: Callable[[int], bytes],
-                     key: Callable[[int], str]) -> list:
-        """Cluster: the values of the keys of ``ids`` (``wire``: packed, ``key``: to route
-        by), one MGET per block of ids (its keys share a hash tag, hence a slot), keys
-        packed from the templates: the cluster's bulk-read hot path."""
-        if ids and not (min(ids) > 0 and max(ids) < MAX_ID):  # no template: keys as text
+    def _mget_ids(self, ids: list[int], wire: Callable[[int], bytes], key: Callable[[int], str]) -> list:
+        """Values of the keys of ``ids`` (``wire``: packed from its template, ``key``: as
+        text), the bulk-read hot path: one MGET per ``read_batch`` keys on one node, per block
+        of ids on a cluster (a block's keys share a hash tag, hence a slot). Ids no image can
+        have (outside the templates' range) are read by their text keys: absent."""
+        if not ids:
+            return []
+        if not (min(ids) > 0 and max(ids) < MAX_ID):
             return self._mget([key(i) for i in ids])
+        if self._t.single:
+            return self._mget_single([wire(i) for i in ids])
         by_block: dict[int, list[int]] = {}
         for j, i in enumerate(ids):
             by_block.setdefault(i // BLOCK, []).append(j)
         groups = list(by_block.values())
-        replies = self._t.run([(key(ids[g[0]]), command(1 + len(g), [_MGET, *(wire(ids[j]) for j in g)]))
-                               for g in groups])
-        out: list = [None] * len(ids)
-        for g, vals in zip(groups, replies, strict=True):
-            for j, v in zip(g, vals, strict=True):
-                out[j] = v
-        return out
+        return self._run_groups(groups, [(key(ids[g[0]]),
+                                          command(1 + len(g), [_MGET, *(wire(ids[j]) for j in g)]))
+                                         for g in groups])
 
     def _record_values(self, ids: Sequence[int], raise_errors: bool = True) -> list:
         """Per id the stored record: its JSON value, the reply to ``HGETALL`` of a record
@@ -200,17 +204,11 @@ class RespStore(Store):
         false), or ``None``. One MGET per block; only what it misses is read again
         (``MGET`` answers nil for a hash)."""
         ids = [int(i) for i in ids]
-        keys = [self.keys.img(i) for i in ids]
-        if not keys:
-            vals = []
-        elif self._t.single:
-            vals = self._mget(keys)
-        else:
-            vals = self._mget_blocks(ids, self._wire.img, self.keys.img)
+        vals = self._mget_ids(ids, self._wire.img, self.keys.img)
         missed = [j for j, v in enumerate(vals) if v is None]
         if missed:
-            rows = self._t.run([(keys[j], pack(["HGETALL", keys[j]])) for j in missed],
-                               raise_errors=raise_errors)
+            keys = [self.keys.img(ids[j]) for j in missed]
+            rows = self._t.run([(key, pack(["HGETALL", key])) for key in keys], raise_errors=raise_errors)
             for j, row in zip(missed, rows, strict=True):
                 vals[j] = _pairs(row) if isinstance(row, list) and row else (
                     row if isinstance(row, Exception) else None)
@@ -560,15 +558,7 @@ class RespStore(Store):
         return [None if v is None else int(v) for v in vals]
 
     def _get_embeddings(self, model: str, dim: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = ids[(ids > 0) & (ids < MAX_ID)]  # no image has another id (nor a key template)
-        if not len(ids):
-            return ids.astype(np.int64), np.empty((0, dim), np.float32)
-        if self._t.single:  # the bulk-read hot path: keys packed from the template
-            emb = self._wire.emb
-            vals = self._mget_single([emb(model, i) for i in ids.tolist()])
-        else:
-            vals = self._mget_blocks(ids.tolist(), partial(self._wire.emb, model),
-                                     partial(self.keys.emb, model))
+        vals = self._mget_ids(ids.tolist(), partial(self._wire.emb, model), partial(self.keys.emb, model))
         return decode_many(ids, vals, dim, model)
 
     def has_embeddings(self, model: str, ids: Sequence[int]) -> np.ndarray:

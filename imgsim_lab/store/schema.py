@@ -241,7 +241,8 @@ class Record:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_fields(self) -> dict[str, str]:
-        """Redis hash fields: every field that is not ``None``, as text."""
+        """The record as a Redis hash, as it was stored before records were one JSON value
+        (every field that is not ``None``, as text): how the tests write such a store."""
         return {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in self.as_dict().items()
                 if v is not None}
 
