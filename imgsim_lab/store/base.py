@@ -37,6 +37,9 @@ WRITE_BATCH = StoreConfig().write_batch
 READ_BATCH = StoreConfig().read_batch
 
 
+_F32 = np.dtype(np.float32)
+
+
 def check_finite(encoded: Sequence[EncodedImage]) -> None:
     """Reject NaN or infinity in any vector: one float64 sum over the batch's vectors (NaN and
     infinity propagate into it; float32 values cannot overflow a float64 sum of any practical
@@ -180,9 +183,10 @@ class Store(ABC):
 
     def _encode(self, item: NewImage) -> EncodedImage:
         vectors = []
+        dims = self._dims
         for model, vec in item.embeddings.items():
-            dim = self.model_dim(model)
-            if type(vec) is np.ndarray and vec.dtype == np.float32 and vec.shape == (dim,):
+            dim = dims.get(model) or self.model_dim(model)
+            if type(vec) is np.ndarray and vec.dtype == _F32 and vec.shape == (dim,):
                 vectors.append((model, vec.tobytes()))  # fast path; finiteness checked per batch
             else:
                 vectors.append((model, encode_vector(vec, dim, model)))

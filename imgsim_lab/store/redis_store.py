@@ -58,11 +58,12 @@ from imgsim_lab.store.schema import (
     Keys,
     ModelInfo,
     Record,
+    added_ending,
     chunk_rows,
     decode_many,
     now,
     record_fields,
-    record_json,
+    record_json_ending,
 )
 from imgsim_lab.store.scripts import SCRIPTS
 from imgsim_lab.store.transport import Routed, connect
@@ -98,13 +99,14 @@ def record_command(wire: KeyWire, block: Sequence[tuple[int, EncodedImage, Seque
     keys: list[bytes] = []
     args: list[bytes] = [bulk(b"%d" % len(block))]
     nargs = 1
+    ending = added_ending(t)
     for rid, item, vectors in block:
         keys.append(wire.img(rid))
         args += (bulk(b"%d" % rid), _int_arg(len(vectors)))
         for m, data in vectors:
             keys.append(wire.emb(m, rid))
             args += (b"$%d\r\n" % len(data), data, b"\r\n")
-        args.append(bulk(record_json(rid, item.values, t)))
+        args.append(bulk(record_json_ending(rid, item.values, ending)))
         nargs += 3 + len(vectors)
     return command(3 + len(keys) + nargs, [_EVALSHA, _RECORD_SHA, bulk(b"%d" % len(keys)), *keys, *args])
 
@@ -288,6 +290,9 @@ class RespStore(Store):
         out = []
         for i, it in enumerate(items):
             img = images[it.sha256]
+            if img.first == i and img.added == img.vectors.keys() and len(img.vectors) == len(it.vectors):
+                out.append(AddResult(img.id, img.created, tuple(img.vectors)))  # the common case
+                continue
             added, vectors = img.added, img.vectors
             # each added vector is credited to the item that gave it (the first with that model)
             out.append(AddResult(img.id, img.created and img.first == i,
@@ -377,12 +382,12 @@ class RespStore(Store):
         the other images, what their records lack). Packed from templates
         (:class:`~.resp.KeyWire`): this is the bulk-write hot path."""
         k, w = self.keys, self._wire
-        models = sorted({m for im in images for m in im.vectors})
+        models = sorted(set().union(*(im.vectors for im in images)))
         midx = {m: _int_arg(i + 1) for i, m in enumerate(models)}
         one, zero = _int_arg(1), _int_arg(0)
         claims, keys, args, mset = [], [], [], []
         nargs = nmset = 0
-        added = now()
+        ending = added_ending(now())
         for im in images:
             rid = im.id
             claims.append(w.sha(im.item.sha256))
@@ -400,7 +405,7 @@ class RespStore(Store):
                 else:
                     args += (b"$%d\r\n" % len(data), data, b"\r\n")
                     nargs += 1
-            rec = bulk(record_json(rid, im.item.values, added))
+            rec = bulk(record_json_ending(rid, im.item.values, ending))
             if im.fresh:
                 mset += (ikey, rec)
                 nmset += 2

@@ -5,7 +5,16 @@ import pytest
 
 from imgsim_lab.store import InvalidURLError, Keys, parse_url, redact_url
 from imgsim_lab.store.errors import CorruptDataError, DimensionMismatchError
-from imgsim_lab.store.schema import NewImage, Record, decode_vector, encode_vector, record_fields, record_json
+from imgsim_lab.store.schema import (
+    NewImage,
+    Record,
+    added_ending,
+    decode_vector,
+    encode_vector,
+    record_fields,
+    record_json,
+    record_json_ending,
+)
 
 
 def test_parse_urls():
@@ -152,8 +161,12 @@ def test_record_json_equals_json_dumps(text):
     values = {"sha256": "f" * 64, "source": text, "width": 3, "height": 10**6, "label": None, "path": text}
     want = json.dumps({"id": 12, **values, "added": 1.0 / 3}, separators=(",", ":")).encode()
     assert record_json(12, values, 1.0 / 3) == want
+    # the bulk-write path formats the ending once per batch: the same bytes
+    assert record_json_ending(12, values, added_ending(1.0 / 3)) == want
     with pytest.raises(ValueError, match="not finite"):
         record_json(1, values, float("nan"))
+    with pytest.raises(ValueError, match="not finite"):
+        added_ending(float("inf"))
 
 
 def test_chunk_rows_caps_a_chunk_at_chunk_bytes():
