@@ -6,7 +6,8 @@
 Starts the server (redis-server, Kvrocks from ../shared or $KVROCKS_BIN, or an embedded RocksDB
 in a temp dir), then per round writes ``--n`` random 1280-d vectors with records through
 ``Store.add_images`` once with each checkout (each in a fresh process and namespace, flushed
-after), and prints JSON: MB/s, client and server CPU µs per vector, and new/old ratios per round.
+after; the order alternates between rounds), and prints JSON: MB/s, client and server CPU µs
+per vector, and new/old ratios per round.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def main() -> None:
         srv = KvrocksServer(tmp / "k", binary=need_kvrocks()).start()
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     try:
-        for _ in range(args.rounds):
-            for tag, tree in (("old", args.old), ("new", args.new)):
+        for r in range(args.rounds):
+            order = [("old", args.old), ("new", args.new)]
+            for tag, tree in order if r % 2 == 0 else order[::-1]:  # neither always goes first
                 url = srv.url if srv else f"rocksdb:{tmp}/{uuid.uuid4().hex[:6]}"
                 out = subprocess.run([sys.executable, "-c", CHILD, url, str(args.n)], cwd=tree,
                                      env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())},
