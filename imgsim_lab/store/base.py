@@ -73,11 +73,12 @@ def gc_paused() -> Iterator[None]:
 
 @dataclass(slots=True)
 class EncodedImage:
-    """A validated :class:`NewImage`: its record values and its vectors encoded to bytes."""
+    """A validated :class:`NewImage`: its record values and its vectors as raw float32 bytes
+    (``bytes``, or a byte view of the caller's array, valid while the write runs)."""
 
     sha256: str
     values: dict  # record field -> value, from NewImage.record_values()
-    vectors: tuple[tuple[str, bytes], ...]
+    vectors: tuple[tuple[str, bytes | memoryview], ...]
 
     @property
     def source(self) -> str:
@@ -186,8 +187,11 @@ class Store(ABC):
         dims = self._dims
         for model, vec in item.embeddings.items():
             dim = dims.get(model) or self.model_dim(model)
-            if type(vec) is np.ndarray and vec.dtype == _F32 and vec.shape == (dim,):
-                vectors.append((model, vec.tobytes()))  # fast path; finiteness checked per batch
+            if (type(vec) is np.ndarray and vec.dtype == _F32 and vec.shape == (dim,)
+                    and vec.flags.c_contiguous):
+                # fast path: a view of the caller's vector, copied only into the wire buffer
+                # (no copy per image); finiteness is checked per batch
+                vectors.append((model, vec.data.cast("B")))
             else:
                 vectors.append((model, encode_vector(vec, dim, model)))
         return EncodedImage(item.sha256, item.record_values(), tuple(vectors))

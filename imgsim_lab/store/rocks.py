@@ -322,7 +322,7 @@ class RocksStore(Store):
                 for (model, data), ekey, there in zip(item.vectors, ekeys, present, strict=True):
                     if there or ekey in written:
                         continue
-                    wb.put(ekey, data)
+                    wb.put(ekey, data if type(data) is bytes else bytes(data))  # raw mode: bytes only
                     written.add(ekey)
                     model_delta[model] += 1
                     embedded.append(model)

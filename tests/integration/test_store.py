@@ -88,6 +88,22 @@ def test_wrong_dimension_is_rejected_and_nothing_is_written(store):
         store.add_images([NewImage(sha(1), "x", 1, 1, embeddings={"other": np.zeros(8)})])
 
 
+def test_vectors_of_any_layout_are_stored_as_given(store):
+    """The fast path writes a view of the caller's float32 vector: a strided one (a column of
+    a matrix), one from other bytes (read-only) and a float64 one are stored all the same."""
+    store.register_model("m", 8, "v1")
+    rng = np.random.default_rng(3)
+    columns = rng.standard_normal((8, 3)).astype(np.float32)  # columns[:, j] is not contiguous
+    frozen = np.frombuffer(rng.standard_normal(8).astype(np.float32).tobytes(), np.float32)
+    wide = rng.standard_normal(8)  # float64: encoded, not viewed
+    given = [columns[:, 0], columns[:, 2], frozen, wide]
+    items = [NewImage(sha(500 + i), f"layout{i}.jpg", 4, 4, embeddings={"m": v}) for i, v in enumerate(given)]
+    ids = [r.id for r in store.add_images(items)]
+    got_ids, got = store.get_embeddings("m", ids)
+    assert list(got_ids) == ids
+    np.testing.assert_array_equal(got, np.stack(given).astype(np.float32))
+
+
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
 def test_nan_or_infinity_is_rejected_by_name_and_nothing_is_written(store, bad_value):
     store.register_model("m", 8, "v1")
