@@ -184,9 +184,8 @@ class Store(ABC):
 
     def _encode(self, item: NewImage) -> EncodedImage:
         vectors = []
-        dims = self._dims
         for model, vec in item.embeddings.items():
-            dim = dims.get(model) or self.model_dim(model)
+            dim = self.model_dim(model)
             if (type(vec) is np.ndarray and vec.dtype == _F32 and vec.shape == (dim,)
                     and vec.flags.c_contiguous):
                 # fast path: a view of the caller's vector, copied only into the wire buffer

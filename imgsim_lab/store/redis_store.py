@@ -290,9 +290,6 @@ class RespStore(Store):
         out = []
         for i, it in enumerate(items):
             img = images[it.sha256]
-            if img.first == i and img.added == img.vectors.keys() and len(img.vectors) == len(it.vectors):
-                out.append(AddResult(img.id, img.created, tuple(img.vectors)))  # the common case
-                continue
             added, vectors = img.added, img.vectors
             # each added vector is credited to the item that gave it (the first with that model)
             out.append(AddResult(img.id, img.created and img.first == i,

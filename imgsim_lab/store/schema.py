@@ -310,18 +310,10 @@ def record_json_ending(image_id: int, values: Mapping, ending: str) -> bytes:
     parts = ['{"id":', int.__repr__(int(image_id))]
     append = parts.append
     for name, v in values.items():
-        append(_FIELD_HEADS.get(name) or _field_head(name))
+        append(_FIELD_HEADS.get(name) or f',"{name}":')
         append(_JSON_VALUE.get(type(v), _json_float)(v))
     append(ending)
     return "".join(parts).encode()
-
-
-def _field_head(name: str) -> str:
-    head = _FIELD_HEADS[name] = f',"{name}":'
-    return head
-
-
-_FIELD_HEADS: dict[str, str] = {}
 
 
 def _json_float(v: float) -> str:
@@ -362,6 +354,8 @@ RECORD_TYPES: dict[str, tuple[type, bool]] = {f.name: _field_type(f.type) for f 
 #: The record fields a NewImage gives (all its fields but ``embeddings``).
 IMAGE_FIELDS = tuple(f.name for f in fields(NewImage) if f.name != "embeddings")
 _IMAGE_SPECS = tuple((name, RECORD_TYPES[name]) for name in IMAGE_FIELDS)
+#: ``,"<field>":`` of each record field, as record_json_ending writes them.
+_FIELD_HEADS = {name: f',"{name}":' for name in IMAGE_FIELDS}
 
 
 def _coerce(name: str, value: object, spec: tuple[type, bool]) -> str | int | float | None:
