@@ -184,8 +184,9 @@ def kind_of(row: dict) -> tuple[str, bool]:
 def interleaved_reads(urls: list[str], n: int, dim: int, rounds: int,
                       namespace: str | None = None) -> dict:
     """Every store holds the same ``n`` vectors at once; then their bulk reads alternate,
-    ``rounds`` times. Returns MB/s per store and round, and per server kind the cluster over
-    single-node ratio of each round (both measured back to back) with its median."""
+    ``rounds`` times, in :func:`read_order`. Returns MB/s per store and round, the order of
+    each round, and per server kind the cluster over single-node ratio of each round (both
+    measured back to back) with its median."""
     _, items = _bench_items(n, dim)
     mb = n * dim * 4 / 1e6
     stores, rows = [], []
@@ -202,12 +203,13 @@ def interleaved_reads(urls: list[str], n: int, dim: int, rounds: int,
             _bulk_write(store, items)
             rows.append({"url": store.url, "backend": store.backend,
                          "server": store.info().get("server", store.backend), "read_mb_per_s": []})
-        for _ in tqdm(range(rounds), desc="interleaved reads", leave=False):
-            for store, row in zip(stores, rows, strict=True):
+        orders = read_order([kind_of(r) for r in rows], rounds)
+        for order in tqdm(orders, desc="interleaved reads", leave=False):
+            for i in order:
                 t0 = time.perf_counter()
-                got = _bulk_read(store)
-                assert got == n, f"read back {got} of {n} vectors from {store.url}"
-                row["read_mb_per_s"].append(mb / (time.perf_counter() - t0))
+                got = _bulk_read(stores[i])
+                assert got == n, f"read back {got} of {n} vectors from {stores[i].url}"
+                rows[i]["read_mb_per_s"].append(mb / (time.perf_counter() - t0))
     finally:
         for store in stores:
             store.flush()
@@ -220,7 +222,28 @@ def interleaved_reads(urls: list[str], n: int, dim: int, rounds: int,
             per_round = [c / s for c, s in zip(row["read_mb_per_s"], single["read_mb_per_s"], strict=True)]
             pairs[server] = {"cluster_url": row["url"], "single_url": single["url"],
                              "per_round": per_round, "median": float(np.median(per_round))}
-    return {"n": n, "rounds": rounds, "stores": rows, "cluster_over_single_read": pairs}
+    return {"n": n, "rounds": rounds, "stores": rows,
+            "read_order": [[rows[i]["url"] for i in o] for o in orders], "cluster_over_single_read": pairs}
+
+
+def read_order(kinds: list[tuple[str, bool]], rounds: int) -> list[list[int]]:
+    """Per round the order in which the stores (``(server, is_cluster)`` each) are read: each
+    cluster right beside the single node of its server, the two swapping places every round,
+    so a ratio never compares reads taken at different moments or always in the same order."""
+    singles = {server: i for i, (server, cluster) in enumerate(kinds) if not cluster}
+    units: list[list[int]] = []
+    placed: set[int] = set()
+    for i, (server, cluster) in enumerate(kinds):
+        if i in placed:
+            continue
+        unit = [i]
+        if not cluster:
+            unit += [j for j, (s, c) in enumerate(kinds) if c and s == server]
+        elif server in singles:
+            continue  # read beside its single node
+        placed.update(unit)
+        units.append(unit)
+    return [[i for u in units for i in (u if r % 2 == 0 else u[::-1])] for r in range(rounds)]
 
 
 def _measure(store: Store, fn) -> dict[str, float]:

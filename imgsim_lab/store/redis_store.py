@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from functools import partial
+from itertools import pairwise
 
 import numpy as np
 
@@ -183,8 +184,9 @@ class RespStore(Store):
 
     def _mget_ids(self, ids: list[int], wire: Callable[[int], bytes], key: Callable[[int], str]) -> list:
         """Values of the keys of ``ids`` (``wire``: packed from its template, ``key``: as
-        text), the bulk-read hot path: one MGET per ``read_batch`` keys on one node, per block
-        of ids on a cluster (a block's keys share a hash tag, hence a slot). Ids no image can
+        text), the bulk-read hot path: one MGET per ``read_batch`` keys on one node; on a cluster
+        one per block of ids, sorted (a block's keys share a hash tag, hence a slot), without
+        per-key grouping in Python. Ids no image can
         have (outside the templates' range) are read by their text keys: absent."""
         if not ids:
             return []
@@ -192,13 +194,22 @@ class RespStore(Store):
             return self._mget([key(i) for i in ids])
         if self._t.single:
             return self._mget_single([wire(i) for i in ids])
-        by_block: dict[int, list[int]] = {}
-        for j, i in enumerate(ids):
-            by_block.setdefault(i // BLOCK, []).append(j)
-        groups = list(by_block.values())
-        return self._run_groups(groups, [(key(ids[g[0]]),
-                                          command(1 + len(g), [_MGET, *(wire(ids[j]) for j in g)]))
-                                         for g in groups])
+        blocks = np.asarray(ids, np.int64) // BLOCK
+        order = None
+        if (np.diff(blocks) < 0).any():  # not in id order: read sorted, answer in the caller's order
+            order = np.argsort(blocks, kind="stable")
+            blocks = blocks[order]
+            ids = [ids[j] for j in order.tolist()]
+        cuts = [0, *(np.flatnonzero(np.diff(blocks)) + 1).tolist(), len(ids)]
+        wires = [wire(i) for i in ids]
+        vals = [v for r in self._t.run([(key(ids[a]), command(1 + b - a, [_MGET, *wires[a:b]]))
+                                        for a, b in pairwise(cuts)]) for v in r]
+        if order is None:
+            return vals
+        out: list = [None] * len(vals)
+        for j, v in zip(order.tolist(), vals, strict=True):
+            out[j] = v
+        return out
 
     def _record_values(self, ids: Sequence[int], raise_errors: bool = True) -> list:
         """Per id the stored record: its JSON value, the reply to ``HGETALL`` of a record

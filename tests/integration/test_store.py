@@ -73,6 +73,22 @@ def test_reads_of_ids_that_no_image_can_have_answer_nothing(store):
     np.testing.assert_array_equal(got, vecs[[249, 0, 101]])
 
 
+def test_reads_in_any_order_answer_in_that_order(store):
+    """Ids in any order, repeated, with id blocks interleaved (a cluster reads one MGET per run
+    of one block's ids): every backend answers in the order asked."""
+    store.register_model("m", 8, "v1")
+    items, vecs = images(350)
+    ids = [r.id for r in store.add_images(items)]
+    rng = np.random.default_rng(3)
+    for pos in (rng.permutation(350), np.r_[0:20, 300:320, 5:15, 300:305, 349, 0, 0],
+                np.r_[349:99:-1], np.r_[120, 20, 220, 21, 121, 221]):
+        want = [ids[p] for p in pos]
+        found, got = store.get_embeddings("m", want)
+        assert list(found) == want
+        np.testing.assert_array_equal(got, vecs[pos])
+        assert [r.sha256 for r in store.get_records(want)] == [items[p].sha256 for p in pos]
+
+
 def test_wrong_dimension_is_rejected_and_nothing_is_written(store):
     store.register_model("m", 8, "v1")
     good, _ = images(3)
@@ -600,7 +616,10 @@ def test_bench_store_interleaves_reads_and_pairs_each_cluster_with_its_single_no
     assert set(pairs) == {"redis", "kvrocks"}
     assert (pairs["redis"]["single_url"], pairs["kvrocks"]["single_url"]) == (redis_url, kvrocks_url)
     by_url = {r["url"]: r["read_mb_per_s"] for r in got["stores"]}
+    assert [len(o) for o in got["read_order"]] == [5, 5] and got["read_order"][0] != got["read_order"][1]
     for p in pairs.values():  # each round's ratio is of two reads measured back to back
+        for order in got["read_order"]:
+            assert abs(order.index(p["cluster_url"]) - order.index(p["single_url"])) == 1
         want = [c / s for c, s in zip(by_url[p["cluster_url"]], by_url[p["single_url"]], strict=True)]
         assert p["per_round"] == pytest.approx(want) and len(want) == 2
     for url in urls:  # nothing is left behind
