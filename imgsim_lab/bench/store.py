@@ -158,8 +158,11 @@ def _refuse_unless_empty(store: Store) -> None:
 
 
 def _bulk_write(store: Store, items: list[NewImage], step: int = 4096) -> int:
-    for s in tqdm(range(0, len(items), step), desc="bulk write", unit_scale=step, leave=False):
-        store.add_images(items[s : s + step])
+    with tqdm(total=len(items), desc="bulk write", unit="vector", leave=False) as bar:
+        for s in range(0, len(items), step):
+            batch = items[s : s + step]
+            store.add_images(batch)
+            bar.update(len(batch))
     return len(items)
 
 
